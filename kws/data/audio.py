@@ -21,11 +21,16 @@ class AudioError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
-def resample(audio: np.ndarray, orig_rate: int, target_rate: int, method: str = "soxr") -> np.ndarray:
-    """Resample a 1-D signal; ``method`` is 'soxr' or 'sinc' (band-limited) or 'decimate'.
+def resample(
+    audio: np.ndarray, orig_rate: int, target_rate: int, method: str = "soxr"
+) -> np.ndarray:
+    """Resample along the last axis; ``method`` is 'soxr' or 'sinc' (band-limited) or 'decimate'.
 
     'decimate' keeps every k-th sample with no anti-aliasing filter: that is what the
     S4 reference code does for its zero-shot 8 kHz test, so we offer it to reproduce it.
+    'soxr' (high quality) and 'sinc' (polyphase FIR) match librosa's 'soxr_hq' and
+    'polyphase', output length ceil(T * target / orig) included, but call soxr and
+    scipy directly: the first librosa.resample in a process costs seconds of imports.
     """
     if orig_rate == target_rate:
         return audio.astype(np.float32, copy=False)
@@ -34,17 +39,25 @@ def resample(audio: np.ndarray, orig_rate: int, target_rate: int, method: str = 
             raise ValueError(
                 f"decimate needs an integer rate ratio, got {orig_rate} -> {target_rate}"
             )
-        return np.ascontiguousarray(audio[:: orig_rate // target_rate], dtype=np.float32)
-    import librosa
-
-    res_type = {"soxr": "soxr_hq", "sinc": "polyphase"}.get(method)
-    if res_type is None:
+        return np.ascontiguousarray(audio[..., :: orig_rate // target_rate], dtype=np.float32)
+    if method not in ("soxr", "sinc"):
         raise ValueError(f"unknown resampler {method!r}; choose soxr, sinc or decimate")
-    out = librosa.resample(
-        audio.astype(np.float32, copy=False), orig_sr=orig_rate, target_sr=target_rate,
-        res_type=res_type,
-    )
-    return out.astype(np.float32, copy=False)
+    audio = np.asarray(audio, dtype=np.float32)
+    length = int(np.ceil(audio.shape[-1] * target_rate / orig_rate))
+    if method == "soxr":
+        import soxr
+
+        rows = audio.reshape(-1, audio.shape[-1]).T  # soxr wants (time, channels)
+        out = soxr.resample(rows, orig_rate, target_rate, quality="HQ").T
+        out = out.reshape(*audio.shape[:-1], out.shape[-1])
+    else:
+        from math import gcd
+
+        from scipy.signal import resample_poly
+
+        common = gcd(int(orig_rate), int(target_rate))
+        out = resample_poly(audio, target_rate // common, orig_rate // common, axis=-1)
+    return np.ascontiguousarray(fix_length(out, length), dtype=np.float32)
 
 
 def fix_length(audio: np.ndarray, length: int) -> np.ndarray:
@@ -69,17 +82,26 @@ def load_audio(
     sample_rate: int | None = 16000,
     length: int | None = None,
     resampler: str = "soxr",
+    offset: int = 0,
+    frames: int | None = None,
 ) -> np.ndarray:
     """Read ``path`` as mono float32 in [-1, 1], at ``sample_rate`` (None keeps the file's).
 
     Integer formats are scaled by soundfile; stereo and multi-channel files are
-    averaged to mono; ``length`` pads or crops after resampling.
+    averaged to mono; ``length`` pads or crops after resampling. ``offset`` and
+    ``frames`` (in the file's own samples) read only a segment, so that one-second
+    cuts from a minute of background noise do not decode the whole minute.
     """
     path = Path(path)
     if not path.is_file():
         raise AudioError(path, "no such file")
+    if offset < 0 or (frames is not None and frames < 0):
+        raise ValueError(f"{path}: offset and frames must be >= 0, got {offset}, {frames}")
     try:
-        audio, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
+        audio, file_rate = sf.read(
+            str(path), dtype="float32", always_2d=True, start=offset,
+            frames=-1 if frames is None else frames,
+        )
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioError(path, f"not readable as audio ({err})") from err
     audio = check_samples(audio.mean(axis=1), path)

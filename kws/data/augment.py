@@ -1,0 +1,136 @@
+"""Training augmentation: speed change, time shift and background noise at a chosen SNR.
+
+Every random choice comes from a generator seeded with (seed, epoch, index), so an
+example is augmented the same way in any DataLoader worker, on any run, and
+differently from one epoch to the next. ``draw`` makes the choices and ``apply``
+carries them out, so a test (or a debugging session) can see what was chosen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from kws.data.audio import fix_length, resample
+
+
+@dataclass(frozen=True)
+class AugmentDraw:
+    """The random choices for one example."""
+
+    speed: float | None  #: >1 plays faster (shorter); None: unchanged
+    shift: int  #: samples; >0 delays the clip, <0 advances it, zeros fill the gap
+    noise_index: int | None  #: which noise recording is mixed in; None: no noise
+    noise_offset: int  #: first sample of the noise segment
+    snr_db: float  #: signal-to-noise ratio of the mix
+
+
+class Augmenter:
+    """``augmenter(audio, index)`` -> augmented copy of the same length.
+
+    Steps, in order: speed perturbation (resample by a factor in ``speed``, then
+    pad or crop back; off when None), a time shift of up to ``shift_ms`` either
+    way, and, with probability ``noise_prob``, a random segment of one of the
+    ``noise`` recordings scaled to a random SNR in ``snr_db``. SNR is signal power
+    over added-noise power, both measured on the clip; an all-zero clip gets no
+    noise, as it has no level to be relative to.
+    """
+
+    def __init__(
+        self,
+        noise: Sequence[np.ndarray] = (),
+        sample_rate: int = 16000,
+        seed: int = 0,
+        shift_ms: float = 100.0,
+        noise_prob: float = 0.8,
+        snr_db: tuple[float, float] = (0.0, 20.0),
+        speed: tuple[float, float] | None = None,
+    ):
+        if not 0.0 <= noise_prob <= 1.0:
+            raise ValueError(f"noise_prob must be in [0, 1], got {noise_prob}")
+        if snr_db[0] > snr_db[1]:
+            raise ValueError(f"snr_db must be (low, high) with low <= high, got {snr_db}")
+        if speed is not None and not 0.0 < speed[0] <= speed[1]:
+            raise ValueError(f"speed must be (low, high) with 0 < low <= high, got {speed}")
+        if shift_ms < 0:
+            raise ValueError(f"shift_ms must be >= 0, got {shift_ms}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.noise = [np.asarray(n, dtype=np.float32) for n in noise if len(n)]
+        self.sample_rate, self.seed, self.epoch = sample_rate, seed, 0
+        self.max_shift = round(shift_ms * sample_rate / 1000)
+        self.noise_prob, self.snr_db, self.speed = noise_prob, snr_db, speed
+
+    def set_epoch(self, epoch: int) -> None:
+        """New draws for every epoch; call before the epoch's DataLoader workers start."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = epoch
+
+    def draw(self, index: int, length: int) -> AugmentDraw:
+        """The choices for example ``index`` of ``length`` samples at the current epoch.
+
+        Every number is drawn whether or not its step is on, so switching one step
+        off leaves the others' choices unchanged.
+        """
+        u = np.random.default_rng([self.seed, self.epoch, index]).uniform(size=6)
+        speed = None
+        if self.speed is not None:
+            speed = float(self.speed[0] + u[0] * (self.speed[1] - self.speed[0]))
+        shift = int(np.floor(u[1] * (2 * self.max_shift + 1))) - self.max_shift
+        noise_index = noise_offset = 0
+        if self.noise:
+            noise_index = min(int(u[3] * len(self.noise)), len(self.noise) - 1)
+            noise_offset = int(u[4] * max(len(self.noise[noise_index]) - length + 1, 1))
+        use_noise = bool(self.noise) and u[2] < self.noise_prob
+        snr_db = float(self.snr_db[0] + u[5] * (self.snr_db[1] - self.snr_db[0]))
+        return AugmentDraw(speed, shift, noise_index if use_noise else None, noise_offset, snr_db)
+
+    def apply(self, audio: np.ndarray, draw: AugmentDraw) -> np.ndarray:
+        """Carry out ``draw`` on a 1-D clip; the result has the clip's length."""
+        length = audio.shape[-1]
+        out = np.asarray(audio, dtype=np.float32)
+        if draw.speed is not None and draw.speed != 1.0:
+            # Played ``speed`` times faster: treat the clip as recorded at rate * speed.
+            out = fix_length(resample(out, round(self.sample_rate * draw.speed),
+                                      self.sample_rate), length)
+        out = time_shift(out, draw.shift)
+        if draw.noise_index is not None:
+            out = mix_at_snr(out, self.noise_segment(draw, length), draw.snr_db)
+        return out.astype(np.float32, copy=False)
+
+    def noise_segment(self, draw: AugmentDraw, length: int) -> np.ndarray:
+        """``length`` samples of the drawn recording (looped if it is shorter)."""
+        noise = self.noise[draw.noise_index]
+        if len(noise) < length:
+            return np.resize(noise, length)
+        return noise[draw.noise_offset : draw.noise_offset + length]
+
+    def __call__(self, audio: np.ndarray, index: int) -> np.ndarray:
+        return self.apply(audio, self.draw(index, audio.shape[-1]))
+
+
+def time_shift(audio: np.ndarray, samples: int) -> np.ndarray:
+    """Delay (samples > 0) or advance (< 0) a clip, filling with zeros; same length."""
+    out = np.zeros_like(audio)
+    if abs(samples) >= len(audio):
+        return out
+    if samples > 0:
+        out[samples:] = audio[: len(audio) - samples]
+    elif samples < 0:
+        out[:samples] = audio[-samples:]
+    else:
+        out[:] = audio
+    return out
+
+
+def mix_at_snr(signal: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """``signal`` + ``noise`` scaled so that power(signal) / power(scaled noise) is ``snr_db``."""
+    signal_power = float(np.mean(np.square(signal, dtype=np.float64)))
+    noise_power = float(np.mean(np.square(noise, dtype=np.float64)))
+    if signal_power == 0.0 or noise_power == 0.0:
+        return signal
+    gain = np.sqrt(signal_power / (noise_power * 10.0 ** (snr_db / 10.0)))
+    return (signal + gain * noise).astype(np.float32)

@@ -1,0 +1,142 @@
+"""Augmenter: deterministic in (seed, epoch, index), and each step does what it says."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import tone
+
+from kws.data.augment import Augmenter, mix_at_snr, time_shift
+from kws.data.speech_commands import ClipDataset, SpeechCommands
+
+RATE = 16000
+
+
+def snr_db(clean: np.ndarray, noisy: np.ndarray) -> float:
+    added = noisy.astype(np.float64) - clean
+    return float(10 * np.log10(np.mean(clean.astype(np.float64) ** 2) / np.mean(added**2)))
+
+
+@pytest.fixture
+def noise(rng) -> list[np.ndarray]:
+    return [rng.normal(0, 0.1, 3 * RATE).astype(np.float32),
+            rng.uniform(-0.3, 0.3, 2 * RATE).astype(np.float32)]
+
+
+def test_same_seed_same_output_different_seed_epoch_index_differ(noise):
+    clip = tone(440)
+    aug = Augmenter(noise, seed=7, speed=(0.9, 1.1))
+    first = aug(clip, 3)
+    np.testing.assert_array_equal(Augmenter(noise, seed=7, speed=(0.9, 1.1))(clip, 3), first)
+    assert not np.array_equal(Augmenter(noise, seed=8, speed=(0.9, 1.1))(clip, 3), first)
+    assert not np.array_equal(aug(clip, 4), first)
+    aug.set_epoch(1)
+    assert not np.array_equal(aug(clip, 3), first)
+    aug.set_epoch(0)
+    np.testing.assert_array_equal(aug(clip, 3), first)  # no hidden state carried over
+    assert first.dtype == np.float32 and first.shape == clip.shape
+
+
+def test_snr_is_what_was_asked(noise):
+    clip = tone(440, amp=0.3)
+    fixed = Augmenter(noise, shift_ms=0, noise_prob=1.0, snr_db=(12.0, 12.0))
+    for index in range(5):
+        assert snr_db(clip, fixed(clip, index)) == pytest.approx(12.0, abs=1e-3)
+    drawn = Augmenter(noise, shift_ms=0, noise_prob=1.0, snr_db=(0.0, 20.0))
+    asked = []
+    for index in range(20):
+        draw = drawn.draw(index, len(clip))
+        asked.append(draw.snr_db)
+        assert snr_db(clip, drawn.apply(clip, draw)) == pytest.approx(draw.snr_db, abs=1e-3)
+    assert 0 <= min(asked) < 5 and 15 < max(asked) <= 20
+
+
+def test_noise_probability(noise):
+    clip = tone(440)
+    mixed = sum(Augmenter(noise, noise_prob=0.5).draw(i, RATE).noise_index is not None
+                for i in range(400))
+    assert 160 < mixed < 240
+    never = Augmenter(noise, noise_prob=0.0, shift_ms=0)
+    assert all(np.array_equal(never(clip, i), clip) for i in range(10))
+    without_noise = Augmenter((), noise_prob=1.0, shift_ms=0)
+    assert np.array_equal(without_noise(clip, 0), clip)
+
+
+def test_time_shift_is_within_range_and_zero_filled():
+    clip = tone(440) + 0.1
+    aug = Augmenter(shift_ms=100)
+    shifts = []
+    for index in range(200):
+        draw = aug.draw(index, RATE)
+        shifts.append(draw.shift)
+        out = aug.apply(clip, draw)
+        np.testing.assert_array_equal(out, time_shift(clip, draw.shift))
+    assert max(map(abs, shifts)) <= 1600 and min(shifts) < -1000 and max(shifts) > 1000
+    delayed = time_shift(clip, 100)
+    assert not delayed[:100].any() and np.array_equal(delayed[100:], clip[:-100])
+    advanced = time_shift(clip, -100)
+    assert not advanced[-100:].any() and np.array_equal(advanced[:-100], clip[100:])
+    assert not time_shift(clip[:50], 80).any()
+
+
+def test_speed_perturbation_scales_pitch_and_keeps_length():
+    clip = tone(400)
+    faster = Augmenter(shift_ms=0, speed=(1.1, 1.1))(clip, 0)
+    assert faster.shape == clip.shape
+    spectrum = np.abs(np.fft.rfft(faster[:14000] * np.hanning(14000)))
+    assert np.argmax(spectrum) * RATE / 14000 == pytest.approx(440, abs=3)
+    assert not faster[-1000:].any()  # a faster clip is shorter: padded back with zeros
+
+
+def test_draws_do_not_depend_on_other_steps(noise):
+    """Switching speed on leaves the shift and noise choices of every index as they were."""
+    plain, fast = Augmenter(noise), Augmenter(noise, speed=(0.9, 1.1))
+    for index in range(10):
+        a, b = plain.draw(index, RATE), fast.draw(index, RATE)
+        assert (a.shift, a.noise_index, a.noise_offset, a.snr_db) == (
+            b.shift, b.noise_index, b.noise_offset, b.snr_db
+        )
+
+
+def test_silent_clip_gets_no_noise(noise):
+    silent = np.zeros(RATE, dtype=np.float32)
+    assert not Augmenter(noise, noise_prob=1.0)(silent, 0).any()
+    np.testing.assert_array_equal(mix_at_snr(tone(), np.zeros(RATE), 10.0), tone())
+
+
+def test_short_noise_is_looped(noise):
+    short = [noise[0][:1000]]
+    out = Augmenter(short, shift_ms=0, noise_prob=1.0, snr_db=(6.0, 6.0))(tone(), 0)
+    assert snr_db(tone(), out) == pytest.approx(6.0, abs=1e-3)
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match="noise_prob"):
+        Augmenter(noise_prob=1.5)
+    with pytest.raises(ValueError, match="snr_db"):
+        Augmenter(snr_db=(10, 0))
+    with pytest.raises(ValueError, match="speed"):
+        Augmenter(speed=(0.0, 1.1))
+    with pytest.raises(ValueError, match="epoch"):
+        Augmenter().set_epoch(-1)
+
+
+def test_dataset_with_noise_from_the_train_region(tmp_path):
+    """End to end: train-region noise from _background_noise_, through ClipDataset."""
+    root = tmp_path / "sc"
+    for word in ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"):
+        (root / word).mkdir(parents=True)
+        sf.write(root / word / "0cb74144_nohash_0.wav", tone(500), RATE)
+    (root / "_background_noise_").mkdir()
+    sf.write(root / "_background_noise_" / "hum.wav", tone(60, seconds=10.0), RATE)
+    data = SpeechCommands(root, "sc10")
+    noise = data.load_noise("train")
+    assert [len(n) for n in noise] == [8 * RATE]
+    aug = Augmenter(noise, seed=1, noise_prob=1.0)
+    dataset = ClipDataset(data.clips(), augment=aug)
+    first = dataset[0][0].clone()
+    assert np.array_equal(dataset[0][0].numpy(), first.numpy())
+    assert not np.array_equal(first.numpy(), ClipDataset(data.clips())[0][0].numpy())
+    dataset.set_epoch(1)
+    assert not np.array_equal(dataset[0][0].numpy(), first.numpy())
