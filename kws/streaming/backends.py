@@ -1,0 +1,282 @@
+"""Step backends: one model step on one chunk of audio, for R independent state copies.
+
+The streaming engine never touches a model directly; it talks to a backend with
+this small surface, so the ONNX runtime (what we ship) and PyTorch eager (what we
+trained, for comparison and for ``kws stream CKPT.pt``) are interchangeable:
+
+* ``sample_rate``, ``chunk_samples``, ``labels``, ``window_s`` (the audio the logits
+  summarise: what a fresh state must hear before they mean "the last clip");
+* ``set_copies(R)``: hold R state copies (the engine's staggered resets need R > 1);
+* ``reset(copy=None)``: put one copy, or all, back to the initial state;
+* ``step(chunk)``: feed the same (chunk_samples,) float32 chunk to every copy and
+  return their logits, shape (R, n_classes).
+
+Copies run as one batch when the model's batch axis is dynamic, else one call each.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: the clip length the models are trained on; the context a fresh state needs
+CLIP_SECONDS = 1.0
+#: the labels that name "no keyword"; the engine never fires on them
+NON_KEYWORDS = ("_unknown_", "_silence_")
+
+
+class StepBackend:
+    """What every backend shares: metadata, input validation and copy bookkeeping."""
+
+    sample_rate: int
+    chunk_samples: int
+    labels: list[str]
+    #: seconds a fresh state must hear before its window holds only real audio: one
+    #: clip (1 s), rounded up to whole chunks; MFCC's skipped lead frames are inside it
+    window_s: float
+    copies: int = 1
+
+    @property
+    def chunk_s(self) -> float:
+        return self.chunk_samples / self.sample_rate
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.labels)
+
+    def set_copies(self, copies: int) -> None:
+        """Hold ``copies`` independent states, all at the initial state."""
+        if not isinstance(copies, int) or copies < 1:
+            raise ValueError(f"copies must be a positive integer, got {copies!r}")
+        self.copies = copies
+        self.reset()
+
+    def reset(self, copy: int | None = None) -> None:
+        raise NotImplementedError
+
+    def step(self, chunk: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def check_chunk(self, chunk: Any) -> np.ndarray:
+        """The chunk as given, or a clear error: it must be (chunk_samples,) finite float32."""
+        if not isinstance(chunk, np.ndarray):
+            raise TypeError(f"chunk must be a numpy array, got {type(chunk).__name__}")
+        if chunk.dtype != np.float32:
+            raise TypeError(
+                f"chunk must be float32 audio in [-1, 1], got dtype {chunk.dtype} "
+                "(StreamingDetector converts int16 and float64 for you)"
+            )
+        if chunk.shape != (self.chunk_samples,):
+            raise ValueError(
+                f"chunk must have shape ({self.chunk_samples},) = {self.chunk_s * 1000:g} ms at "
+                f"{self.sample_rate} Hz, got {chunk.shape} (StreamingDetector buffers any size)"
+            )
+        if not np.all(np.isfinite(chunk)):
+            raise ValueError(f"chunk holds {int(np.sum(~np.isfinite(chunk)))} NaN or Inf samples")
+        return chunk
+
+    def _check_copy(self, copy: int | None) -> None:
+        if copy is not None and not 0 <= copy < self.copies:
+            raise IndexError(f"copy {copy} out of range for {self.copies} state copies")
+
+    def describe(self) -> str:
+        return (
+            f"{type(self).__name__}: {len(self.labels)} labels, {self.sample_rate} Hz, "
+            f"chunk {self.chunk_samples} samples ({self.chunk_s * 1000:g} ms), "
+            f"window {self.window_s:g} s"
+        )
+
+
+def sidecar_path(onnx_path: str | Path) -> Path:
+    """``NAME.json`` beside ``NAME.onnx``: where ``kws export`` writes the model's description."""
+    return Path(onnx_path).with_suffix(".json")
+
+
+def _rows(state: Any, axis: int) -> Any:
+    """A view of ``state`` with its batch axis first, so ``_rows(s, a)[i]`` is copy i."""
+    return state.movedim(axis, 0) if hasattr(state, "movedim") else np.moveaxis(state, axis, 0)
+
+
+class OnnxStepBackend(StepBackend):
+    """An exported streaming step model run by onnxruntime; states are numpy arrays.
+
+    The sidecar (``kws.export.sidecar.ExportSpec``) names the audio input, the
+    logits output and each state with its next-value output and its shape, where
+    ``null`` marks the batch axis. Every state starts at zeros, as in training.
+    """
+
+    def __init__(self, onnx_path: str | Path, threads: int = 1, copies: int = 1):
+        import onnxruntime as ort
+
+        from kws.export.sidecar import ExportSpec
+
+        self.path = Path(onnx_path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such ONNX model")
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        if not sidecar_path(self.path).is_file():
+            raise FileNotFoundError(
+                f"{sidecar_path(self.path)}: no sidecar beside {self.path.name}; `kws export` "
+                "writes NAME.onnx and NAME.json together, keep them side by side"
+            )
+        self.spec = spec = ExportSpec.load(sidecar_path(self.path))
+        if spec.kind != "streaming":
+            raise ValueError(
+                f"{self.path}: a {spec.kind!r} export, not a streaming step model; export one "
+                "with `kws export --streaming`"
+            )
+        self.sample_rate = spec.sample_rate
+        self.chunk_samples = spec.samples_per_call
+        self.labels = list(spec.labels)
+        # MFCC framing skips a few lead chunks, so a fresh state needs one whole clip
+        # (not only window_chunks) before its window holds nothing but real audio.
+        clip_chunks = math.ceil(CLIP_SECONDS * self.sample_rate / self.chunk_samples - 1e-9)
+        self.window_s = max(spec.window_chunks or 0, clip_chunks) * self.chunk_s
+        self.threads = threads
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise ValueError(f"{self.path}: onnxruntime cannot load it ({err})") from err
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        expected = [spec.audio_input] + [s.name for s in spec.states]
+        if set(inputs) != set(expected):
+            raise ValueError(
+                f"{self.path}: model inputs {sorted(inputs)} do not match the sidecar's "
+                f"{sorted(expected)}"
+            )
+        #: all copies go through one call when every batch axis is dynamic
+        self.batched = not isinstance(inputs[spec.audio_input].shape[0], int) and all(
+            s.batch_axis is not None for s in spec.states
+        )
+        self.axes = [s.batch_axis if s.batch_axis is not None else 0 for s in spec.states]
+        self.output_names = [spec.logits_output] + [s.output for s in spec.states]
+        self.state_names = [s.name for s in spec.states]
+        self.set_copies(copies)
+
+    def reset(self, copy: int | None = None) -> None:
+        self._check_copy(copy)
+        if copy is None:
+            self.states = [
+                np.concatenate([s.zeros(1)] * self.copies, axis=axis) if s.batch_axis is None
+                else s.zeros(self.copies)
+                for s, axis in zip(self.spec.states, self.axes, strict=True)
+            ]
+            return
+        for state, axis in zip(self.states, self.axes, strict=True):
+            _rows(state, axis)[copy] = 0
+
+    def step(self, chunk: np.ndarray) -> np.ndarray:
+        chunk = self.check_chunk(chunk)
+        audio_name = self.spec.audio_input
+        if self.batched:
+            feed = {audio_name: np.broadcast_to(chunk, (self.copies, chunk.size)).copy()}
+            feed.update(zip(self.state_names, self.states, strict=True))
+            logits, *self.states = self.session.run(self.output_names, feed)
+            return logits
+        rows = []
+        for i in range(self.copies):
+            feed = {audio_name: chunk[None]}
+            for name, state, axis in zip(self.state_names, self.states, self.axes, strict=True):
+                row = _rows(state, axis)[i : i + 1]
+                feed[name] = np.ascontiguousarray(np.moveaxis(row, 0, axis))
+            logits, *next_states = self.session.run(self.output_names, feed)
+            for state, new, axis in zip(self.states, next_states, self.axes, strict=True):
+                _rows(state, axis)[i] = _rows(new, axis)[0]
+            rows.append(logits[0])
+        return np.stack(rows)
+
+
+class TorchStepBackend(StepBackend):
+    """The same step in PyTorch eager, from a checkpoint or a ``StreamingSpotter``.
+
+    Any module with StreamingSpotter's surface works: ``forward(audio (B, K), *states)
+    -> (logits, *next_states)``, ``initial_states(batch)``, ``labels``,
+    ``sample_rate``, ``chunk_samples``, ``window_chunks`` and optionally
+    ``clip_chunks`` and ``state_batch_axes`` (default: batch first).
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        chunk_ms: float = 10.0,
+        sample_rate: int | None = None,
+        threads: int | None = None,
+        copies: int = 1,
+    ):
+        import torch
+
+        self.torch = torch
+        if threads is not None:
+            if not isinstance(threads, int) or threads < 1:
+                raise ValueError(f"threads must be a positive integer, got {threads!r}")
+            torch.set_num_threads(threads)
+        self.threads = threads
+        if isinstance(source, (str, Path)):
+            from kws.streaming.step_model import StreamingSpotter
+            from kws.training.checkpoint import load_spotter
+
+            spotter, _ = load_spotter(source)
+            source = StreamingSpotter(spotter, chunk_ms=chunk_ms, sample_rate=sample_rate)
+        self.module = source.eval()
+        self.sample_rate = int(source.sample_rate)
+        self.chunk_samples = int(source.chunk_samples)
+        self.labels = [str(label) for label in source.labels]
+        context = getattr(source, "clip_chunks", None) or source.window_chunks
+        self.window_s = context * self.chunk_s
+        n_states = len(source.initial_states(1))
+        self.axes = list(getattr(source, "state_batch_axes", [0] * n_states))
+        self.set_copies(copies)
+
+    def reset(self, copy: int | None = None) -> None:
+        self._check_copy(copy)
+        if copy is None:
+            self.states = list(self.module.initial_states(self.copies))
+            return
+        fresh = self.module.initial_states(1)
+        with self.torch.inference_mode():  # states come out of inference mode: write them in it
+            for state, init, axis in zip(self.states, fresh, self.axes, strict=True):
+                _rows(state, axis)[copy] = _rows(init, axis)[0]
+
+    def step(self, chunk: np.ndarray) -> np.ndarray:
+        chunk = self.check_chunk(chunk)
+        torch = self.torch
+        audio = torch.from_numpy(chunk).unsqueeze(0).expand(self.copies, -1)
+        with torch.inference_mode():
+            logits, *self.states = self.module(audio, *self.states)
+        return logits.float().numpy()
+
+
+def open_backend(
+    model: str | Path, threads: int = 1, chunk_ms: float | None = None, copies: int = 1
+) -> StepBackend:
+    """An ONNX model (``.onnx``) or a PyTorch checkpoint (``.pt``/``.ckpt``) as a backend.
+
+    ``chunk_ms`` picks the step of a checkpoint; an ONNX model's step is fixed at
+    export, so a different ``chunk_ms`` is an error rather than a silent change.
+    """
+    path = Path(model)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    if path.suffix == ".onnx":
+        backend: StepBackend = OnnxStepBackend(path, threads=threads, copies=copies)
+        exported_ms = backend.chunk_s * 1000
+        if chunk_ms is not None and not math.isclose(chunk_ms, exported_ms, abs_tol=1e-6):
+            raise ValueError(
+                f"{path}: exported with {exported_ms:g} ms chunks, not {chunk_ms:g} ms; "
+                "re-export with --chunk-ms, or leave --chunk-ms out"
+            )
+        return backend
+    if path.suffix in (".pt", ".ckpt"):
+        return TorchStepBackend(path, chunk_ms=10.0 if chunk_ms is None else chunk_ms,
+                                threads=threads, copies=copies)
+    raise ValueError(f"{path}: expected an exported .onnx model or a .pt/.ckpt checkpoint")

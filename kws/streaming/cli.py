@@ -1,0 +1,242 @@
+"""``kws stream`` (keyword events in an audio file) and ``kws bench stream`` (long-stream scores).
+
+Both drive one ``StreamingDetector``; heavy imports wait until a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from kws.cli import UserError
+
+#: seconds of audio read from a file at a time when no resampling is needed
+READ_BLOCK_S = 30.0
+
+
+def add_detector_options(parser: argparse.ArgumentParser) -> None:
+    """The options shared by every command that runs a StreamingDetector."""
+    from kws.streaming import engine
+
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for onnxruntime / torch (default 1)")
+    parser.add_argument("--chunk-ms", type=float, default=None,
+                        help="model step of a checkpoint (default 10); an ONNX model's is fixed")
+    parser.add_argument("--smoothing-ms", type=float, default=engine.DEFAULT_SMOOTHING_MS,
+                        help=f"posterior moving average (default {engine.DEFAULT_SMOOTHING_MS:g})")
+    parser.add_argument("--refractory-ms", type=float, default=engine.DEFAULT_REFRACTORY_MS,
+                        help="quiet time after an event "
+                             f"(default {engine.DEFAULT_REFRACTORY_MS:g})")
+    parser.add_argument("--reset-period", type=float, default=engine.DEFAULT_RESET_PERIOD_S,
+                        help="seconds between state resets of each copy; 0 = plain recurrence "
+                             f"(default {engine.DEFAULT_RESET_PERIOD_S:g})")
+    parser.add_argument("--copies", type=int, default=engine.DEFAULT_COPIES,
+                        help=f"staggered state copies (default {engine.DEFAULT_COPIES})")
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    stream = subparsers.add_parser(
+        "stream", help="keyword events in an audio file of any length",
+        description="Run the streaming detector over an audio file (resampled to the model's "
+        "rate) and print its keyword events. MODEL is an exported .onnx (with its .json "
+        "sidecar beside it) or a .pt/.ckpt checkpoint, which runs in PyTorch.",
+    )
+    stream.add_argument("model", type=Path, metavar="MODEL")
+    stream.add_argument("file", type=Path, metavar="FILE")
+    stream.add_argument("--json", action="store_true", help="print one JSON object per event")
+    stream.add_argument("--threshold", type=float, default=0.8,
+                        help="posterior threshold of every keyword (default 0.8)")
+    stream.add_argument("--keyword-threshold", action="append", default=[], metavar="WORD=T",
+                        help="a threshold for one keyword, e.g. --keyword-threshold yes=0.9")
+    add_detector_options(stream)
+    stream.set_defaults(handler=run_stream)
+
+    bench = bench_commands(subparsers).add_parser(
+        "stream", help="hit rate, false alarms per hour and latency on a long stream",
+        description="Build a seeded long stream of background noise with keyword and other-word "
+        "clips at known times, run the detector once, and score it at each threshold.",
+    )
+    bench.add_argument("--model", type=Path, required=True, help=".onnx or .pt/.ckpt")
+    bench.add_argument("--data", type=Path, default=None,
+                       help="Speech Commands folder (default: found as `kws data stats` does)")
+    bench.add_argument("--minutes", type=float, default=10.0, help="stream length (default 10)")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--split", default="test", choices=("train", "val", "test"),
+                       help="clips and noise of this split (default test: unseen speakers)")
+    bench.add_argument("--thresholds", default="0.5,0.6,0.7,0.8,0.9,0.95",
+                       help="comma-separated thresholds to score (default 0.5,...,0.95)")
+    bench.add_argument("--tolerance", type=float, default=0.25,
+                       help="seconds by which an event's window may miss its clip and still "
+                       "hit (default 0.25)")
+    bench.add_argument("--json", type=Path, default=None, metavar="OUT",
+                       help="also write the full report here")
+    add_detector_options(bench)
+    bench.set_defaults(handler=run_bench_stream)
+
+
+def bench_commands(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The sub-commands of ``kws bench``, made here unless another stage made them first."""
+    bench = subparsers.choices.get("bench")
+    if bench is None:
+        bench = subparsers.add_parser("bench", help="benchmarks: `kws bench stream`")
+        bench.set_defaults(handler=lambda args: bench.print_help() or 2)
+        return bench.add_subparsers(dest="bench_command", metavar="BENCHMARK")
+    for action in bench._actions:  # argparse keeps a parser's sub-commands only here
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return bench.add_subparsers(dest="bench_command", metavar="BENCHMARK")
+
+
+def parse_thresholds(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as err:
+        raise UserError(f"--thresholds must be comma-separated numbers, got {text!r}") from err
+    if not values or not all(0 < v <= 1 for v in values):
+        raise UserError(f"--thresholds must be numbers in (0, 1], got {text!r}")
+    return values
+
+
+def parse_keyword_thresholds(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        word, _, value = item.partition("=")
+        try:
+            out[word.strip()] = float(value)
+        except ValueError as err:
+            raise UserError(f"--keyword-threshold must be WORD=NUMBER, got {item!r}") from err
+    return out
+
+
+def make_detector(args: argparse.Namespace, threshold: float, **options: Any):
+    """Backend and detector from the shared options."""
+    from kws.streaming.backends import open_backend
+    from kws.streaming.engine import StreamingDetector
+
+    if args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
+    backend = open_backend(args.model, threads=args.threads, chunk_ms=args.chunk_ms,
+                           copies=args.copies)
+    return StreamingDetector(
+        backend, threshold=threshold, smoothing_ms=args.smoothing_ms,
+        refractory_ms=args.refractory_ms, reset_period_s=args.reset_period or None,
+        copies=args.copies, **options,
+    )
+
+
+def file_blocks(path: Path, sample_rate: int):
+    """The file as float32 blocks at ``sample_rate``, read in pieces unless it needs resampling."""
+    from kws.data.audio import AudioError, audio_info, load_audio
+
+    frames, file_rate, _ = audio_info(path)
+    if frames == 0:
+        raise AudioError(path, "file holds no samples (empty audio)")
+    if file_rate != sample_rate:
+        yield load_audio(path, sample_rate)
+        return
+    block = round(READ_BLOCK_S * file_rate)
+    for offset in range(0, frames, block):
+        yield load_audio(path, None, offset=offset, frames=min(block, frames - offset))
+
+
+def run_stream(args: argparse.Namespace) -> int:
+    from kws.streaming.engine import Event
+
+    detector = make_detector(args, args.threshold,
+                             thresholds=parse_keyword_thresholds(args.keyword_threshold))
+    if not args.file.is_file():
+        raise UserError(f"{args.file}: no such audio file")
+
+    def show(event: Event) -> None:
+        if args.json:
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                              for k, v in event.to_dict().items()}), flush=True)
+        else:
+            print(f"{event.keyword:<12} {event.start_s:9.2f} {event.end_s:9.2f} "
+                  f"{event.score:6.3f}", flush=True)
+
+    if not args.json:
+        print(f"{'keyword':<12} {'start_s':>9} {'end_s':>9} {'score':>6}")
+    started = time.perf_counter()
+    events = []
+    for block in file_blocks(args.file, detector.sample_rate):
+        for event in detector.feed(block):
+            show(event)
+            events.append(event)
+    for event in detector.flush():
+        show(event)
+        events.append(event)
+    elapsed = time.perf_counter() - started
+    audio_s = detector.time_s
+    print(f"{len(events)} events in {audio_s:.1f} s of audio; {elapsed:.2f} s to run "
+          f"(real-time factor {elapsed / max(audio_s, 1e-9):.4f}), "
+          f"{type(detector.backend).__name__}", file=sys.stderr)
+    return 0
+
+
+def run_bench_stream(args: argparse.Namespace) -> int:
+    from kws.data.speech_commands import find_data_root
+    from kws.streaming.engine import decode_trace
+    from kws.streaming.longstream import build_long_stream, score_events, stream_summary
+
+    thresholds = parse_thresholds(args.thresholds)
+    detector = make_detector(args, thresholds[0], record=True)
+    backend = detector.backend
+    root = find_data_root(args.data)
+    keywords = [label for label, t in zip(detector.labels, detector.decoder.thresholds,
+                                          strict=True) if t <= 1]
+    stream = build_long_stream(root, keywords, args.minutes, args.seed, args.split,
+                               backend.sample_rate)
+    started = time.perf_counter()
+    detector.process(stream.audio, block=backend.chunk_samples)
+    elapsed = time.perf_counter() - started
+    trace = detector.trace()
+    results = []
+    for threshold in thresholds:
+        events = decode_trace(
+            trace, detector.labels, detector.chunk_s, backend.window_s, threshold=threshold,
+            smoothing_ms=args.smoothing_ms, refractory_ms=args.refractory_ms,
+        )
+        results.append({"threshold": threshold,
+                        **score_events(events, stream.placements, stream.duration_s,
+                                       args.tolerance)})
+    report = {
+        "model": str(args.model),
+        "backend": backend.describe(),
+        "threads": args.threads,
+        "data": str(root),
+        "split": args.split,
+        "stream": stream_summary(stream),
+        "detector": {
+            "smoothing_ms": args.smoothing_ms, "refractory_ms": args.refractory_ms,
+            "reset_period_s": args.reset_period or None, "copies": detector.copies,
+            "tolerance_s": args.tolerance,
+        },
+        "elapsed_s": elapsed,
+        "real_time_factor": elapsed / stream.duration_s,
+        "results": results,
+    }
+    print_bench(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+def print_bench(report: dict[str, Any]) -> None:
+    s = report["stream"]
+    print(f"{report['model']}: {s['duration_s'] / 60:.1f} min stream (seed {s['seed']}), "
+          f"{s['keywords']} keywords, {s['unknown_words']} other words; "
+          f"real-time factor {report['real_time_factor']:.4f} on {report['threads']} thread(s)")
+    print(f"{'threshold':>9} {'hit rate':>8} {'FA/hour':>8} {'latency median':>15} {'p90':>6}"
+          "   false alarms on: other keyword / same keyword again / other word / noise")
+    for r in report["results"]:
+        median = "-" if r["latency_median_s"] is None else f"{r['latency_median_s']:+.2f} s"
+        p90 = "-" if r["latency_p90_s"] is None else f"{r['latency_p90_s']:+.2f}"
+        causes = " / ".join(str(n) for n in r["false_alarm_causes"].values())
+        print(f"{r['threshold']:>9.2f} {r['hit_rate']:>8.3f} {r['false_alarms_per_hour']:>8.1f} "
+              f"{median:>15} {p90:>6}   {causes}")

@@ -1,0 +1,259 @@
+"""Long-audio detection benchmark: a seeded stream with keywords at known times, and its score.
+
+A keyword spotter that scores 95% on one-second clips can still fire every few
+seconds on real audio, so the number that matters for a product is the trade-off
+between hits and false alarms per hour on a long stream. ``build_long_stream``
+makes one from a Speech Commands folder:
+
+* a background-noise bed: random stretches of ``_background_noise_`` (or, in the
+  test-set layout, of the ``_silence_`` clips), each at a random level of
+  ``noise_dbfs`` RMS, with 10-ms fades between stretches;
+* speech at random gaps of ``gap_s``: keyword clips (the model's keywords, in
+  turn, from the chosen split, so test speakers by default) and, a fraction
+  ``unknown_fraction`` of the time, clips of other words, each at its recorded level.
+
+A keyword's true interval is its clip's [start, end]. An event says "my window,
+[start_s, end_s], holds this keyword", so ``score_events`` counts it as a hit when
+its label is right and its window overlaps the true interval widened by
+``tolerance_s`` on both sides; each true keyword takes one event. A model may
+fire late, while the word is still in its window: that is a hit, and the latency
+(event time ``end_s`` minus the clip's end; negative when it fires before the
+clip is over) tells how late. Every other event -- a wrong label, a fire on an
+unknown word or on noise, a second event for one keyword -- is a false alarm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kws.data.audio import load_audio
+from kws.data.speech_commands import (
+    SILENCE,
+    UNKNOWN,
+    SpeechCommands,
+    detect_layout,
+    detect_version,
+)
+from kws.streaming.engine import Event
+
+FADE_S = 0.01
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One clip in the stream: its word, whether the model should fire, and where it is."""
+
+    word: str
+    keyword: bool
+    start_s: float
+    end_s: float
+    path: str
+
+
+@dataclass
+class LongStream:
+    audio: np.ndarray
+    sample_rate: int
+    placements: list[Placement]
+    seed: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.audio.size / self.sample_rate
+
+    @property
+    def keywords(self) -> list[Placement]:
+        return [p for p in self.placements if p.keyword]
+
+
+def word_of(path: Path, label: str) -> str:
+    """The spoken word: the folder name, or the file-name prefix inside ``_unknown_``."""
+    return path.name.split("_", 1)[0] if label == UNKNOWN else label
+
+
+def speech_pools(
+    root: str | Path, keywords: Sequence[str], split: str = "test"
+) -> tuple[SpeechCommands, dict[str, list[Path]], list[tuple[Path, str]]]:
+    """(data, keyword -> clip paths, (path, word) of the other words' clips) of ``split``.
+
+    The whole vocabulary is read (the task with every word of the layout), so that
+    words the model does not know are there as distractors.
+    """
+    root = Path(root)
+    layout = detect_layout(root) if root.is_dir() else None
+    if layout == "test_set":
+        task = "sc12"
+    else:
+        task = "sc35" if layout and detect_version(root, layout) == "v0.02" else "sc30"
+    data = SpeechCommands(root, task)
+    by_keyword: dict[str, list[Path]] = {k: [] for k in keywords}
+    others = []
+    for clip in data.clips(split):
+        if clip.label == SILENCE:
+            continue
+        word = word_of(clip.path, clip.label)
+        if word in by_keyword:
+            by_keyword[word].append(clip.path)
+        else:
+            others.append((clip.path, word))
+    absent = [k for k, paths in by_keyword.items() if not paths]
+    if len(absent) == len(by_keyword):
+        raise ValueError(
+            f"{root}: none of the model's keywords {list(keywords)} has a clip in the "
+            f"{split} split"
+        )
+    return data, {k: v for k, v in by_keyword.items() if v}, others
+
+
+def noise_bed(
+    noises: list[np.ndarray], samples: int, rate: int, rng: np.random.Generator,
+    noise_dbfs: tuple[float, float], stretch_s: tuple[float, float] = (2.0, 8.0),
+) -> np.ndarray:
+    """``samples`` of background noise: random stretches at random levels, faded together."""
+    usable = [n for n in noises if n.size > FADE_S * rate * 4 and np.any(n)]
+    if not usable:
+        raise ValueError("no background noise with any signal to build the stream from")
+    bed = np.zeros(samples, np.float32)
+    fade = round(FADE_S * rate)
+    ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
+    pos = 0
+    while pos < samples:
+        source = usable[int(rng.integers(len(usable)))]
+        length = min(round(rng.uniform(*stretch_s) * rate), source.size, samples - pos)
+        offset = int(rng.integers(source.size - length + 1))
+        piece = source[offset : offset + length].astype(np.float32)
+        rms = float(np.sqrt(np.mean(piece.astype(np.float64) ** 2)))
+        if rms > 0:
+            piece = piece * (10 ** (rng.uniform(*noise_dbfs) / 20) / rms)
+        if length > 2 * fade:
+            piece[:fade] *= ramp
+            piece[-fade:] *= ramp[::-1]
+        bed[pos : pos + length] = piece
+        pos += length
+    return bed
+
+
+def build_long_stream(
+    root: str | Path,
+    keywords: Sequence[str],
+    minutes: float,
+    seed: int = 0,
+    split: str = "test",
+    sample_rate: int = 16000,
+    gap_s: tuple[float, float] = (1.0, 4.0),
+    unknown_fraction: float = 0.3,
+    noise_dbfs: tuple[float, float] = (-50.0, -30.0),
+) -> LongStream:
+    """A ``minutes``-long stream of noise with clips at known times; see the module docstring."""
+    if not minutes > 0:
+        raise ValueError(f"minutes must be > 0, got {minutes}")
+    if not 0 <= unknown_fraction < 1:
+        raise ValueError(f"unknown_fraction must be in [0, 1), got {unknown_fraction}")
+    if not 0 <= gap_s[0] <= gap_s[1]:
+        raise ValueError(f"gap_s must be (low, high) with 0 <= low <= high, got {gap_s}")
+    rng = np.random.default_rng(seed)
+    data, by_keyword, others = speech_pools(root, keywords, split)
+    samples = round(minutes * 60 * sample_rate)
+    audio = noise_bed(data.load_noise(split, sample_rate), samples, sample_rate, rng, noise_dbfs)
+    queues: dict[str, list[Path]] = {}
+    order = list(by_keyword)
+    placements = []
+    t = rng.uniform(*gap_s)
+    turn = int(rng.integers(len(order)))
+    while True:
+        if others and rng.random() < unknown_fraction:
+            path, word = others[int(rng.integers(len(others)))]
+            keyword = False
+        else:
+            word, keyword = order[turn % len(order)], True
+            turn += 1
+            if not queues.get(word):  # every clip once, in a fresh order, before any repeats
+                queues[word] = [by_keyword[word][i] for i in rng.permutation(len(by_keyword[word]))]
+            path = queues[word].pop()
+        clip = load_audio(path, sample_rate)
+        start = round(t * sample_rate)
+        if start + clip.size > samples:
+            break
+        audio[start : start + clip.size] += clip
+        placements.append(Placement(word, keyword, start / sample_rate,
+                                    (start + clip.size) / sample_rate, str(path)))
+        t = (start + clip.size) / sample_rate + rng.uniform(*gap_s)
+    np.clip(audio, -1.0, 1.0, out=audio)
+    return LongStream(audio, sample_rate, placements, seed)
+
+
+def score_events(
+    events: Sequence[Event],
+    placements: Sequence[Placement],
+    duration_s: float,
+    tolerance_s: float = 0.25,
+) -> dict[str, Any]:
+    """Hit rate, false alarms per hour and latency of ``events`` against the true keywords.
+
+    False alarms are also split by what was playing when they fired: another
+    keyword (``wrong_keyword``), the same keyword already hit (``repeat``), a word
+    the model should ignore (``other_word``), or only noise (``noise``).
+    """
+    truths = sorted((p for p in placements if p.keyword), key=lambda p: p.start_s)
+    matched = [False] * len(truths)
+    latencies = []
+    causes = {"wrong_keyword": 0, "repeat": 0, "other_word": 0, "noise": 0}
+
+    def overlaps(p: Placement, event: Event) -> bool:
+        return event.start_s <= p.end_s + tolerance_s and event.end_s >= p.start_s - tolerance_s
+
+    for event in sorted(events, key=lambda e: e.end_s):
+        hit = next((i for i, truth in enumerate(truths) if not matched[i]
+                    and truth.word == event.keyword and overlaps(truth, event)), None)
+        if hit is not None:
+            matched[hit] = True
+            latencies.append(event.end_s - truths[hit].end_s)
+            continue
+        playing = [p for p in placements if overlaps(p, event)]
+        if any(p.keyword and p.word == event.keyword for p in playing):
+            causes["repeat"] += 1
+        elif any(p.keyword for p in playing):
+            causes["wrong_keyword"] += 1
+        elif playing:
+            causes["other_word"] += 1
+        else:
+            causes["noise"] += 1
+    hours = duration_s / 3600
+    per_word: dict[str, list[int]] = {}
+    for truth, hit in zip(truths, matched, strict=True):
+        counts = per_word.setdefault(truth.word, [0, 0])
+        counts[0] += hit
+        counts[1] += 1
+    false_alarms = sum(causes.values())
+    return {
+        "keywords": len(truths),
+        "hits": int(sum(matched)),
+        "hit_rate": float(np.mean(matched)) if truths else float("nan"),
+        "false_alarms": false_alarms,
+        "false_alarms_per_hour": false_alarms / hours if hours else float("nan"),
+        "false_alarm_causes": causes,
+        "latency_median_s": float(np.median(latencies)) if latencies else None,
+        "latency_p90_s": float(np.percentile(latencies, 90)) if latencies else None,
+        "hit_rate_per_keyword": {w: h / n for w, (h, n) in sorted(per_word.items())},
+    }
+
+
+def stream_summary(stream: LongStream) -> dict[str, Any]:
+    """What the stream holds, for the benchmark's JSON."""
+    words = [p.word for p in stream.keywords]
+    return {
+        "duration_s": stream.duration_s,
+        "seed": stream.seed,
+        "keywords": len(words),
+        "unknown_words": len(stream.placements) - len(words),
+        "per_keyword": {w: words.count(w) for w in sorted(set(words))},
+    }
+
+
+def placement_dicts(stream: LongStream) -> list[dict[str, Any]]:
+    return [asdict(p) for p in stream.placements]
