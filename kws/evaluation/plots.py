@@ -1,0 +1,107 @@
+"""Figures of an evaluation report: accuracy against sample rate, and confusion matrices.
+
+Figures are drawn on ``matplotlib.figure.Figure`` with the Agg canvas, never through
+pyplot, so no display or global backend is touched (headless CI, servers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from kws.evaluation.evaluate import SOURCE_RATE, result_at
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def _khz(rate: float) -> str:
+    return f"{rate / 1000:g}k"
+
+
+def model_label(entry: dict[str, Any]) -> str:
+    """Legend name: the checkpoint name and what it is."""
+    return f"{entry['name']} ({entry.get('model')}, {entry.get('pipeline')})"
+
+
+def plot_accuracy_vs_rate(report: dict[str, Any], path: str | Path) -> Path:
+    """Accuracy (%) against sample rate on a log axis, one line per checkpoint, 16 kHz marked."""
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.add_subplot()
+    rates = sorted(set(report["rates"]))
+    for entry in report["checkpoints"]:
+        points = [(r["sample_rate"], 100 * r["accuracy"]) for r in entry["results"]
+                  if r["accuracy"] is not None]
+        if points:
+            x, y = zip(*sorted(points), strict=True)
+            ax.plot(x, y, marker="o", label=model_label(entry))
+    ax.axvline(SOURCE_RATE, color="0.5", linestyle="--", linewidth=1)
+    ax.text(SOURCE_RATE, 0.97, " 16 kHz (native)", transform=ax.get_xaxis_transform(),
+            color="0.4", fontsize=8, va="top")
+    ax.set_xscale("log")
+    ax.set_xticks(rates)
+    ax.set_xticklabels([_khz(r) for r in rates], rotation=45, ha="right")
+    ax.minorticks_off()
+    ax.set_xlabel("sample rate (Hz, log scale)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(True, alpha=0.3)
+    ax.set_title(f"Zero-shot accuracy at resampled rates (resampler {report['resampler']}, "
+                 f"split {report['split']})")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best")
+    return _save(fig, Path(path))
+
+
+def plot_confusion(
+    confusion: Sequence[Sequence[int]], labels: Sequence[str], title: str, path: str | Path
+) -> Path:
+    """Row-normalised confusion matrix (rows: true label) with the counts written in."""
+    counts = np.asarray(confusion, dtype=float)
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    size = 2.5 + 0.45 * len(labels)
+    fig = Figure(figsize=(size, size))
+    ax = fig.add_subplot()
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ticks = np.arange(len(labels))
+    ax.set_xticks(ticks, labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(ticks, labels, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(labels) <= 40:
+        for i, j in zip(*np.nonzero(counts), strict=True):
+            ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=6,
+                    color="white" if share[i, j] > 0.5 else "black")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, Path(path))
+
+
+def write_plots(report: dict[str, Any], json_path: str | Path) -> list[Path]:
+    """All figures of ``report`` next to its JSON: ``STEM_accuracy_vs_rate.png`` and, per
+    checkpoint, ``STEM_NAME_confusion_RATE.png`` at its training rate and at 8 kHz."""
+    json_path = Path(json_path)
+    stem, folder = json_path.stem, json_path.parent
+    written = [plot_accuracy_vs_rate(report, folder / f"{stem}_accuracy_vs_rate.png")]
+    for entry in report["checkpoints"]:
+        for rate in dict.fromkeys([entry["trained_rate"], 8000]):
+            result = result_at(entry, rate)
+            if result is None or not result["n_clips"]:
+                continue
+            title = (f"{entry['name']} at {_khz(rate)}Hz: "
+                     f"{100 * result['accuracy']:.1f}% of {result['n_clips']} clips")
+            written.append(plot_confusion(
+                result["confusion"], result["labels"], title,
+                folder / f"{stem}_{entry['name']}_confusion_{rate}.png",
+            ))
+    return written

@@ -1,0 +1,278 @@
+"""Tables and model cards from evaluation results.
+
+A checkpoint's evaluation is one entry of a ``kws eval`` report (see evaluate.py):
+its name, model, pipeline, params, split, resampler, the command that made it and
+one result per rate. That entry is read from, in rising priority:
+
+1. ``meta["metrics"]["eval"]`` inside ``models/NAME.pt``;
+2. ``models/NAME.eval.json``, a card with the same ``{"metrics": {"eval": entry}}``
+   shape (``kws eval --cards`` writes it, so shipped weights need not be rewritten;
+   not ``NAME.json``, which is the ONNX export's sidecar);
+3. a report JSON passed with ``--eval``, matched to ``NAME.pt`` by name.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kws.evaluation.evaluate import SOURCE_RATE, result_at
+
+CARD_SUFFIX = ".eval.json"
+TABLE_COLUMNS = (
+    "model", "pipeline", "params", "acc 16 kHz", "acc 8 kHz", "8k/16k", "min over sweep", "command",
+)
+
+
+@dataclass
+class ModelRecord:
+    """What is known about one model: its checkpoint meta and its evaluation entry."""
+
+    name: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    entry: dict[str, Any] | None = None
+    checkpoint: Path | None = None
+
+
+def checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's metadata (everything but the weights), without building the model."""
+    from kws.training.checkpoint import read_checkpoint
+
+    data = read_checkpoint(path)
+    data = data.get("kws", data) if "pytorch-lightning_version" in data else data
+    return {k: v for k, v in data.items() if k != "state_dict"}
+
+
+def entry_from(value: Any, name: str) -> dict[str, Any] | None:
+    """An eval entry from a stored value: an entry itself, or a whole report holding it."""
+    if not isinstance(value, dict):
+        return None
+    if "checkpoints" in value:
+        matches = [e for e in value["checkpoints"] if entry_name(e) == name]
+        if not matches and len(value["checkpoints"]) == 1:
+            matches = value["checkpoints"]
+        return matches[0] if matches else None
+    return value if "results" in value else None
+
+
+def entry_name(entry: dict[str, Any]) -> str:
+    """The checkpoint file's stem, which names the model (``name`` may carry a _2 suffix)."""
+    return Path(entry["checkpoint"]).stem if entry.get("checkpoint") else entry["name"]
+
+
+def card_path(folder: Path, name: str) -> Path:
+    """Where a model's eval card lives: beside its checkpoint, clear of the export sidecar."""
+    return folder / f"{name}{CARD_SUFFIX}"
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def collect(models_dir: str | Path | None, reports: Sequence[str | Path] = ()) -> list[ModelRecord]:
+    """Every ``NAME.pt`` in ``models_dir`` with its best-known eval entry, plus report entries."""
+    records: dict[str, ModelRecord] = {}
+    if models_dir is not None:
+        folder = Path(models_dir)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--models {folder}: no such folder")
+        for pt in sorted(folder.glob("*.pt")):
+            meta = checkpoint_meta(pt)
+            record = ModelRecord(pt.stem, meta, None, pt)
+            record.entry = entry_from((meta.get("metrics") or {}).get("eval"), pt.stem)
+            card = card_path(pt.parent, pt.stem)
+            if card.is_file():
+                stored = (read_json(card).get("metrics") or {}).get("eval")
+                record.entry = entry_from(stored, pt.stem) or record.entry
+            records[pt.stem] = record
+    for report_path in reports:
+        report_path = Path(report_path)
+        if not report_path.is_file():
+            raise FileNotFoundError(f"--eval {report_path}: no such file")
+        report = read_json(report_path)
+        if "checkpoints" not in report:
+            raise ValueError(f"{report_path}: not a kws eval report (no 'checkpoints')")
+        for entry in report["checkpoints"]:
+            name = entry_name(entry)
+            if name not in records:
+                ckpt = Path(entry.get("checkpoint", ""))
+                meta = checkpoint_meta(ckpt) if ckpt.is_file() else {}
+                records[name] = ModelRecord(name, meta, None, ckpt if ckpt.is_file() else None)
+            records[name].entry = entry
+    return list(records.values())
+
+
+# -- the results table -----------------------------------------------------------------------
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f}%"
+
+
+def accuracy(entry: dict[str, Any] | None, rate: int) -> float | None:
+    result = result_at(entry, rate) if entry else None
+    return None if result is None else result["accuracy"]
+
+
+def table_row(record: ModelRecord) -> dict[str, Any]:
+    """One row of the results table, as values (accuracies are fractions, None if unknown)."""
+    entry, meta = record.entry or {}, record.meta
+    acc16, acc8 = accuracy(entry, SOURCE_RATE), accuracy(entry, 8000)
+    swept = [(r["accuracy"], r["sample_rate"]) for r in entry.get("results", [])
+             if r["accuracy"] is not None]
+    worst = min(swept) if swept else None
+    return {
+        "model": record.name,
+        "family": entry.get("model") or (meta.get("model_config") or {}).get("family"),
+        "pipeline": entry.get("pipeline") or (meta.get("feature_config") or {}).get("kind"),
+        "params": entry.get("params"),
+        "acc_16k": acc16,
+        "acc_8k": acc8,
+        "ratio_8k_16k": acc8 / acc16 if acc8 is not None and acc16 else None,
+        "min_acc": worst[0] if worst else None,
+        "min_rate": worst[1] if worst else None,
+        "resampler": entry.get("resampler"),
+        "command": entry.get("command"),
+    }
+
+
+def markdown_table(rows: Iterable[dict[str, Any]]) -> str:
+    """The results table in GitHub markdown."""
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    for row in rows:
+        cells = [
+            f"{row['model']} ({row['family']})" if row["family"] else row["model"],
+            row["pipeline"] or "–",
+            "–" if row["params"] is None else f"{row['params']:,}",
+            _pct(row["acc_16k"]),
+            _pct(row["acc_8k"]),
+            "–" if row["ratio_8k_16k"] is None else f"{row['ratio_8k_16k']:.3f}",
+            "–" if row["min_acc"] is None else
+            f"{_pct(row['min_acc'])} @ {row['min_rate'] / 1000:g}k",
+            f"`{row['command']}`" if row["command"] else "not evaluated",
+        ]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def sweep_table(report: dict[str, Any]) -> str:
+    """A report at a glance: one row per checkpoint, one column per rate (markdown)."""
+    rates = report["rates"]
+    lines = ["| checkpoint | " + " | ".join(f"{r / 1000:g}k" for r in rates) + " |",
+             "|---|" + "---:|" * len(rates)]
+    for entry in report["checkpoints"]:
+        cells = [_pct(accuracy(entry, r)) for r in rates]
+        lines.append(f"| {entry['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# -- model cards -----------------------------------------------------------------------------
+
+
+def _seconds(value: float) -> str:
+    value = float(value)
+    if value >= 3600:
+        return f"{value / 3600:.2f} h"
+    return f"{value / 60:.1f} min" if value >= 60 else f"{value:.1f} s"
+
+
+def _facts(values: dict[str, Any]) -> list[str]:
+    """Bullets for the plain items of a dict (a dict of plain values becomes one line);
+    times in seconds made readable; deeper structures (the training config) are left out."""
+    bullets = []
+    for key, value in values.items():
+        if isinstance(value, dict) and not any(isinstance(v, (dict, list)) for v in value.values()):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        if isinstance(value, (dict, list)) or value is None:
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and "second" in key:
+            value = _seconds(value) if value < 60 else f"{_seconds(value)} ({value:g} s)"
+        elif isinstance(value, float):
+            value = f"{value:.4g}"
+        bullets.append(f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}")
+    return bullets
+
+
+def model_card(record: ModelRecord) -> str:
+    """The markdown card of one model: data, split, size, training, accuracy per rate, commands."""
+    meta, entry = record.meta, record.entry or {}
+    manifest = meta.get("split") or {}
+    labels = meta.get("labels") or entry.get("labels") or []
+    row = table_row(record)
+    out = [f"# {record.name}", ""]
+    params = "?" if row["params"] is None else f"{row['params']:,}"
+    task = meta.get("task") or entry.get("task")
+    rate = entry.get("trained_rate") or (meta.get("feature_config") or {}).get("sample_rate")
+    out.append(
+        f"{row['family']} on {row['pipeline']} features, task {task} ({len(labels)} classes: "
+        f"{', '.join(labels)}), {params} parameters, trained at {rate} Hz."
+    )
+    out += ["", "## Data and split", ""]
+    if manifest:
+        out.append(
+            f"- trained on: Speech Commands {manifest.get('version')} "
+            f"({manifest.get('layout')} layout), split by {manifest.get('rule')} "
+            f"(val {manifest.get('val_percent')}%, test {manifest.get('test_percent')}%, "
+            f"seed {manifest.get('seed')})"
+        )
+        for split, counts in (manifest.get("counts") or {}).items():
+            n_speakers = len((manifest.get("speakers") or {}).get(split, []))
+            out.append(f"- {split}: {sum(counts.values())} clips, {n_speakers} speakers")
+    split = entry.get("split") or {}
+    if split:
+        out.append(
+            f"- evaluated on: the {split.get('name')} split of `{split.get('data')}`, "
+            f"{split.get('n_clips')} clips, {split.get('n_speakers')} speakers "
+            f"({split.get('rule')})"
+        )
+    train = meta.get("train") or {}
+    if train:
+        out += ["", "## Training", "", *_facts(train)]
+    metrics = {k: v for k, v in (meta.get("metrics") or {}).items() if k != "eval"}
+    if _facts(metrics):
+        out += ["", "## Metrics at training time", "", *_facts(metrics)]
+    if entry.get("results"):
+        out += [
+            "", f"## Accuracy at every rate (zero-shot, resampler {entry.get('resampler')})", "",
+            f"{entry.get('rate_policy', '')}", "",
+            "| sample rate | accuracy | clips | rate factor |", "|---:|---:|---:|---:|",
+        ]
+        for result in entry["results"]:
+            out.append(
+                f"| {result['sample_rate']} | {_pct(result['accuracy'])} | {result['n_clips']} "
+                f"| {result['rate_factor']:.4g} |"
+            )
+        for skip in entry.get("skipped", []):
+            out.append(f"| {skip['sample_rate']} | skipped: {skip['reason']} | | |")
+    commands = [("train", train.get("command")), ("evaluate", entry.get("command"))]
+    if any(cmd for _, cmd in commands):
+        out += ["", "## Commands", ""]
+        out += [f"- {what}: `{cmd}`" for what, cmd in commands if cmd]
+    return "\n".join(out) + "\n"
+
+
+def write_card(record: ModelRecord, folder: str | Path | None = None) -> list[Path]:
+    """Write ``NAME.md`` (and ``NAME.eval.json`` holding ``{"metrics": {"eval": entry}}``)."""
+    if folder is None:
+        if record.checkpoint is None:
+            raise ValueError(f"{record.name}: no checkpoint path, so give the card's folder")
+        folder = record.checkpoint.parent
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [folder / f"{record.name}.md"]
+    written[0].write_text(model_card(record))
+    if record.entry is not None:
+        metrics = {**(record.meta.get("metrics") or {}), "eval": record.entry}
+        card = {"name": record.name, "checkpoint": str(record.checkpoint or ""), "metrics": metrics}
+        written.append(card_path(folder, record.name))
+        written[1].write_text(json.dumps(card, indent=1) + "\n")
+    return written
