@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from kws.evaluation.evaluate import DEFAULT_RATES, RESAMPLERS, SPLIT_CHOICES, parse_rates
+from kws.evaluation.options import DEFAULT_RATES, RESAMPLERS, SPLIT_CHOICES, parse_rates
 
 
 def _positive(text: str) -> int:

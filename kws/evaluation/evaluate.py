@@ -45,13 +45,11 @@ import numpy as np
 import torch
 
 from kws.data.audio import load_audio, resample
+from kws.evaluation.options import DEFAULT_RATES, RESAMPLERS, SPLIT_CHOICES
 
 #: the rates of the sweep in the S4 paper's spirit: telephone to studio
-DEFAULT_RATES = (8000, 11025, 16000, 22050, 32000, 44100, 48000)
 #: Speech Commands' native rate: every swept rate is made from audio read at it
 SOURCE_RATE = 16000
-RESAMPLERS = ("sinc", "soxr", "decimate")
-SPLIT_CHOICES = ("test", "val", "train", "all")
 MFCC_POLICY = (
     "window and hop fixed in ms (win_ms, hop_ms of the checkpoint's feature_config) and mel "
     "band edges fixed in Hz (f_min to f_max = 4 kHz): at every rate the same 100 frames/s over "
@@ -66,27 +64,6 @@ def _quiet(_: str) -> None:
 
 
 # -- rates and resampling -----------------------------------------------------------------
-
-
-def parse_rates(text: str) -> list[int]:
-    """'8000,16000' -> [8000, 16000]; every rate a positive whole number of Hz, no repeats."""
-    rates = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            rate = int(part)
-        except ValueError:
-            raise ValueError(f"--rates: {part!r} is not a whole number of Hz") from None
-        if rate <= 0:
-            raise ValueError(f"--rates: {rate} is not a positive sample rate")
-        if rate in rates:
-            raise ValueError(f"--rates: {rate} is listed twice")
-        rates.append(rate)
-    if not rates:
-        raise ValueError(f"--rates: no sample rate in {text!r}")
-    return rates
 
 
 def check_resampler(method: str, orig_rate: int, target_rate: int) -> None:

@@ -1,0 +1,261 @@
+"""The LightningModule: a KeywordSpotter, its loss, accuracies, optimizer and LR schedule.
+
+Lightning's Trainer runs the loop; this file only says what one step is.
+
+* Loss: cross-entropy with optional label smoothing; mean loss and top-1
+  accuracy for train/val/test (torchmetrics). The running train metrics are
+  saved in checkpoints, so a resumed epoch reports the numbers of an unbroken one.
+* Optimizer: AdamW over the model's ``param_groups`` (S4/S4D SSM parameters get
+  ``optim.ssm_lr``, passed to the model, and no weight decay), with a linear
+  warm-up then a cosine decay to zero, stepped every batch.
+* Dropout draws from torch's global generator, which Lightning does not restore on
+  resume; it is re-seeded from (seed, global step, rank) before every step, so
+  dropout masks, like the data order, depend only on where training is.
+* Every checkpoint carries the spotter's metadata under ``"kws"``, so
+  ``kws.training.checkpoint.load_spotter`` reads a Lightning ``.ckpt`` too; all
+  hyper-parameters are JSON-able, so checkpoints load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import platform
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from kws.features import FeatureConfig
+from kws.models import build_model, model_class
+from kws.spotter import KeywordSpotter
+from kws.training.checkpoint import LIGHTNING_META_KEY, jsonable, spotter_metadata
+
+STAGES = ("train", "val", "test")
+
+
+def build_spotter(config: dict[str, Any], labels: list[str]) -> KeywordSpotter:
+    """A fresh spotter from a config's ``features`` and ``model`` sections.
+
+    S4/S4D take their SSM learning rate as a model argument; it comes from
+    ``optim.ssm_lr`` so that all learning rates live in one section.
+    """
+    feature_config = FeatureConfig.from_dict(config["features"])
+    overrides = dict(config["model"])
+    family = overrides.pop("name")
+    if "ssm_lr" in overrides:
+        raise ValueError("set the SSM learning rate as optim.ssm_lr, not model.ssm_lr")
+    if "ssm_lr" in inspect.signature(model_class(family).__init__).parameters:
+        overrides["ssm_lr"] = config["optim"]["ssm_lr"]
+    model = build_model(
+        family, feature_config.channels, len(labels), pipeline=feature_config.kind, **overrides
+    )
+    return KeywordSpotter(feature_config, model, labels, config["data"]["clip_seconds"])
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int):
+    """LR factor per step: linear from 1/warmup to 1 over ``warmup_steps``, then cosine to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """A 63-bit seed for the global generator at one optimizer step of one rank."""
+    return (seed * 1_000_003 + step * 8191 + rank) % (2**63 - 1)
+
+
+class KWSLightningModule(L.LightningModule):
+    """Trains a KeywordSpotter built from ``config`` for ``labels``.
+
+    ``task`` and ``split`` (the data's ``split_manifest()``) are not used for
+    training; they travel into every checkpoint so that a shipped model says what
+    it was trained on.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        labels: list[str],
+        task: str = "",
+        split: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(
+            {
+                "config": jsonable(config, "config"),
+                "labels": list(labels),
+                "task": task,
+                "split": jsonable(split or {}, "split"),
+            }
+        )
+        self.config = self.hparams["config"]
+        self.spotter = build_spotter(self.config, list(labels))
+        optim = self.config["optim"]
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=optim["label_smoothing"])
+        n = len(labels)
+        for stage in STAGES:  # train_acc, train_loss, val_acc, ...
+            setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes=n, average="micro"))
+            setattr(self, f"{stage}_loss", MeanMetric())
+        # Saved with the weights, so a resumed epoch's train numbers match an unbroken one.
+        self.train_acc.persistent(True)
+        self.train_loss.persistent(True)
+        #: seconds spent in fit() over all runs of this training (kept across resumes)
+        self.train_seconds = 0.0
+        #: val/acc and val/loss of the latest validation (not the sanity check)
+        self.val_metrics: dict[str, float] = {}
+        self._fit_started: float | None = None
+
+    def forward(self, wave: Tensor, sample_rate: int | None = None) -> Tensor:
+        return self.spotter(wave, sample_rate)
+
+    # -- steps --------------------------------------------------------------------------
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        wave, target = batch
+        logits = self.spotter(wave)
+        loss = self.criterion(logits.float(), target)
+        mean_loss, accuracy = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
+        mean_loss(loss.detach(), len(target))
+        accuracy(logits.detach(), target)
+        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, batch_size=len(target))
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=len(target))
+        if stage == "train":
+            self.log("train/loss_step", loss.detach(), prog_bar=True, batch_size=len(target))
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.val_metrics = {"val/acc": float(self.val_acc.compute()),
+                                "val/loss": float(self.val_loss.compute())}
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        torch.manual_seed(step_seed(self.config["seed"], self.global_step, self.global_rank))
+
+    # -- optimizer ----------------------------------------------------------------------
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch, worked out without loading data.
+
+        ``trainer.estimated_stepping_batches`` would set up the train loader before a
+        checkpoint is restored, and the loader would then miss its resume position.
+        """
+        trainer = self.trainer
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "batches_per_epoch"):
+            epochs = max(trainer.max_epochs or 1, 1)
+            return max(1, int(trainer.estimated_stepping_batches) // epochs)
+        batches = datamodule.batches_per_epoch(trainer.world_size)
+        limit = trainer.limit_train_batches
+        batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+        return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+
+    def configure_optimizers(self):
+        optim = self.config["optim"]
+        model = self.spotter.model
+        groups = [g for g in model.param_groups(optim["lr"], optim["weight_decay"]) if g["params"]]
+        in_model = {id(p) for p in model.parameters()}
+        rest = [p for p in self.spotter.parameters() if p.requires_grad and id(p) not in in_model]
+        if rest:  # e.g. a learnable frontend
+            groups.append({"params": rest, "lr": optim["lr"], "weight_decay": 0.0})
+        optimizer = torch.optim.AdamW(groups, lr=optim["lr"], weight_decay=optim["weight_decay"])
+        per_epoch = self.steps_per_epoch()
+        total = per_epoch * max(self.trainer.max_epochs or 1, 1)
+        if self.trainer.max_steps and self.trainer.max_steps > 0:
+            total = self.trainer.max_steps if self.trainer.max_epochs in (None, -1) else min(
+                total, self.trainer.max_steps
+            )
+        warmup = min(round(optim["warmup_epochs"] * per_epoch), total)
+        scheduler = LambdaLR(optimizer, warmup_cosine(warmup, total))
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    # -- checkpoint metadata ------------------------------------------------------------
+
+    def on_fit_start(self) -> None:
+        self._fit_started = time.monotonic()
+
+    def on_fit_end(self) -> None:
+        self.train_seconds = self.elapsed_seconds()
+        self._fit_started = None
+
+    def elapsed_seconds(self) -> float:
+        running = time.monotonic() - self._fit_started if self._fit_started else 0.0
+        return self.train_seconds + running
+
+    def hardware(self) -> dict[str, Any]:
+        """What trained this model, for the checkpoint's ``train`` entry."""
+        trainer = self.trainer
+        device = self.device
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+            platform.processor() or platform.machine()
+        )
+        return {
+            "device": device.type,
+            "device_name": name,
+            "devices": trainer.num_devices,
+            "num_nodes": trainer.num_nodes,
+            "precision": str(trainer.precision),
+            "strategy": type(trainer.strategy).__name__,
+            "torch": torch.__version__,
+            "lightning": L.__version__,
+            "python": platform.python_version(),
+        }
+
+    def epochs_done(self) -> float:
+        """Training epochs completed, with the fraction of the current one (e.g. 3.25)."""
+        trainer = self.trainer
+        batches = trainer.num_training_batches
+        if not batches or math.isinf(batches):
+            return float(trainer.current_epoch)
+        done = min(trainer.fit_loop.epoch_loop.batch_idx + 1, batches)
+        return round(trainer.current_epoch + done / batches, 3)
+
+    def kws_meta(self) -> dict[str, Any]:
+        """task, split, train and metrics: the caller-supplied part of a shipped checkpoint."""
+        trainer = self.trainer
+        return {
+            "task": self.hparams["task"],
+            "split": self.hparams["split"],
+            "train": {
+                "config": self.config,
+                "epochs": self.epochs_done(),
+                "global_step": trainer.global_step,
+                "seconds": round(self.elapsed_seconds(), 3),
+                "hardware": self.hardware(),
+            },
+            "metrics": dict(self.val_metrics),
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[LIGHTNING_META_KEY] = spotter_metadata(self.spotter, self.kws_meta())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get(LIGHTNING_META_KEY) or {}
+        self.train_seconds = float(meta.get("train", {}).get("seconds", 0.0))
+        self.val_metrics = dict(meta.get("metrics", {}))
+
+
+__all__ = ["KWSLightningModule", "build_spotter", "step_seed", "warmup_cosine"]

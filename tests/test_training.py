@@ -1,0 +1,359 @@
+"""Training: configs, the resumable sampler, a tiny real run, deterministic resume, the CLI.
+
+The runs train on a synthetic Speech Commands folder in the test-set layout: each
+keyword is a tone of its own pitch, ``_unknown_`` is a two-tone chord and
+``_silence_`` is faint noise, at 8 kHz, a quarter second per clip.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import REPO, tone
+from lightning.pytorch.callbacks import Callback
+
+from kws.cli import main
+from kws.data.audio import save_audio
+from kws.data.speech_commands import SC10, SILENCE, TASKS, UNKNOWN, which_set
+from kws.training.checkpoint import load_spotter, read_checkpoint
+from kws.training.config import CONFIG_DIR, ConfigError, load_config, parse_set
+from kws.training.datamodule import EpochKeyed, EpochSampler, SpeechCommandsDataModule
+from kws.training.module import build_spotter, warmup_cosine
+from kws.training.train import resolve_precision, train
+
+RATE, SECONDS = 8000, 0.25
+
+
+def speakers_per_split(n_train: int, n_val: int, n_test: int) -> list[str]:
+    """Speaker ids that the data set's own hash puts in each split, in these numbers."""
+    want, got, i = {"train": n_train, "val": n_val, "test": n_test}, [], 0
+    counts = dict.fromkeys(want, 0)
+    while counts != want:
+        speaker = f"{i:08x}"
+        split = which_set(speaker)
+        if counts[split] < want[split]:
+            counts[split] += 1
+            got.append(speaker)
+        i += 1
+    return got
+
+
+def make_speech_commands(root: Path, rate: int = RATE, seconds: float = SECONDS) -> Path:
+    """A test-set layout folder: 10 tone keywords, chord _unknown_, noise _silence_."""
+    rng = np.random.default_rng(0)
+    n = int(rate * seconds)
+    speakers = speakers_per_split(6, 2, 2)
+    for k, word in enumerate(SC10):
+        (root / word).mkdir(parents=True)
+        for speaker in speakers:
+            pitch = 300 * 1.25**k * (1 + 0.02 * rng.standard_normal())
+            audio = tone(pitch, seconds, rate, 0.3) + 0.01 * rng.standard_normal(n)
+            save_audio(root / word / f"{speaker}_nohash_0.wav", audio, rate)
+    (root / UNKNOWN).mkdir()
+    for speaker in speakers:
+        audio = tone(350, seconds, rate, 0.2) + tone(1900, seconds, rate, 0.2)
+        save_audio(root / UNKNOWN / f"bed_{speaker}_nohash_0.wav", audio, rate)
+    (root / SILENCE).mkdir()
+    for i in range(20):
+        save_audio(root / SILENCE / f"{i:04d}.wav", 0.01 * rng.standard_normal(n), rate)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return make_speech_commands(tmp_path_factory.mktemp("sc") / "speech_commands_synthetic")
+
+
+@pytest.fixture(scope="module")
+def config_path(data_root, tmp_path_factory) -> Path:
+    config = {
+        "seed": 3,
+        "data": {"root": str(data_root), "task": "sc12", "clip_seconds": SECONDS,
+                 "batch_size": 16, "num_workers": 0,
+                 "augment": {"shift_ms": 20.0, "noise_prob": 0.5, "snr_db": [10.0, 20.0]}},
+        "features": {"kind": "mfcc", "sample_rate": RATE},
+        "model": {"name": "tcn", "d_model": 16},
+        "optim": {"lr": 0.02, "warmup_epochs": 0.5},
+        "trainer": {"max_epochs": 5, "patience": 0, "checkpoint_every_n_steps": 4,
+                    "log_every_n_steps": 1, "progress_bar": False},
+    }
+    path = tmp_path_factory.mktemp("cfg") / "tones.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(config_path, tmp_path_factory) -> Path:
+    """An uninterrupted run through the CLI: 5 epochs of 6 batches."""
+    out = tmp_path_factory.mktemp("runs") / "reference"
+    assert main(["train", "--config", str(config_path), "--out", str(out)]) == 0
+    return out
+
+
+class Crash(Callback):
+    """Dies after optimizer step ``step``, like a killed job."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def metrics_rows(out: Path, key: str) -> list[dict[str, str]]:
+    """Rows of the latest run's metrics.csv that hold ``key`` (a resume starts a new version)."""
+    latest = max((out / "logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    return [r for r in csv.DictReader((latest / "metrics.csv").open()) if r.get(key)]
+
+
+# -- configs ------------------------------------------------------------------------------
+
+
+def test_config_defaults_overrides_and_types(config_path):
+    config = load_config(config_path, ["optim.lr=0.003", "trainer.devices=[0, 1]",
+                                       "data.augment=null", "model.dropout=0.2",
+                                       "trainer.max_epochs=7.0"])
+    assert config["optim"]["lr"] == 0.003 and config["optim"]["weight_decay"] == 0.05
+    assert config["trainer"]["devices"] == [0, 1] and config["trainer"]["max_epochs"] == 7
+    assert isinstance(config["trainer"]["max_epochs"], int)
+    assert config["data"]["augment"] is None and config["model"]["dropout"] == 0.2
+    assert parse_set("a.b.c=[1, 2]") == {"a": {"b": {"c": [1, 2]}}}
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["optim.lrr=0.1"], r"unknown key 'optim.lrr' \(known here: .*lr"),
+        (["optim.lr=fast"], r"optim.lr must be a number like 0.02, got 'fast'"),
+        (["trainer.max_epochs=2.5"], r"trainer.max_epochs must be a whole number like 5, got 2.5"),
+        (["trainer.progress_bar=1"], r"progress_bar must be true or false"),
+        (["optim.label_smoothing=1.5"], r"label_smoothing must be in \[0, 1\)"),
+        (["optim=3"], r"optim must be a mapping"),
+        (["lr"], r"expected section.key=value"),
+    ],
+)
+def test_config_errors_name_the_key(config_path, sets, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(config_path, sets)
+
+
+def test_config_file_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  batch_sise: 3\n")
+    with pytest.raises(ConfigError, match=rf"{bad}: unknown key 'data.batch_sise'"):
+        load_config(bad)
+    with pytest.raises(FileNotFoundError, match="shipped configs: .*tiny_mfcc"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_shipped_configs_build_their_spotters():
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    expected = {f"{m}_{p}" for m in ("s4", "s4d", "tcn", "lstm") for p in ("raw", "mfcc")}
+    assert expected | {"tiny_mfcc"} == set(names)
+    have_s4 = (REPO / "kws" / "models" / "s4.py").is_file()
+    for name in names:
+        config = load_config(name)
+        if config["model"]["name"].startswith("s4") and not have_s4:
+            continue
+        spotter = build_spotter(config, list(TASKS[config["data"]["task"]]))
+        assert spotter.feature_config.kind == name.split("_")[1]
+        assert spotter.model.family == config["model"]["name"]
+
+
+def test_precision_is_32_on_cpu_and_bf16_on_a_bf16_gpu(monkeypatch):
+    cfg = {"precision": "auto", "accelerator": "auto"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_precision(cfg) == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_precision(cfg) == "bf16-mixed"
+    assert resolve_precision({**cfg, "accelerator": "cpu"}) == "32-true"
+    assert resolve_precision({**cfg, "precision": "16-mixed"}) == "16-mixed"
+
+
+# -- sampler and schedule -------------------------------------------------------------------
+
+
+def test_epoch_sampler_depends_on_seed_and_epoch_only():
+    sampler = EpochSampler(10, seed=5)
+    sampler.set_epoch(2)
+    first = list(sampler)
+    assert [e for _, e in first] == [2] * 10 and sorted(i for i, _ in first) == list(range(10))
+    again = EpochSampler(10, seed=5)
+    again.set_epoch(2)
+    assert list(again) == first
+    sampler.set_epoch(3)
+    assert list(sampler) != first
+
+
+def test_epoch_sampler_resumes_once_and_shards_by_rank():
+    sampler = EpochSampler(10, seed=5)
+    sampler.set_epoch(1)
+    full = list(sampler)
+    sampler.resume_at(1, 4)
+    assert list(sampler) == full[4:]
+    assert list(sampler) == full  # the next epoch starts at 0 again
+    shards = [list(EpochSampler(10, seed=5, rank=r, world_size=3)) for r in range(3)]
+    assert all(len(s) == 4 for s in shards)  # padded to equal length, like DDP
+    assert {i for s in shards for i, _ in s} == set(range(10))
+    with pytest.raises(ValueError, match="outside this epoch"):
+        sampler.resume_at(0, 11)
+
+
+def test_warmup_then_cosine_to_zero():
+    factor = warmup_cosine(4, 20)
+    assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert factor(12) == pytest.approx(0.5)
+    assert factor(20) == pytest.approx(0.0, abs=1e-12) and factor(25) == factor(20)
+    assert all(factor(s) >= factor(s + 1) for s in range(4, 24))
+
+
+@pytest.mark.data
+def test_datamodule_on_the_real_test_set(dev_root):
+    config = load_config("tiny_mfcc", [f"data.root={dev_root}", "data.num_workers=0",
+                                       "data.batch_size=8"])
+    datamodule = SpeechCommandsDataModule(config)
+    datamodule.setup()
+    assert datamodule.labels == list(TASKS["sc12"])
+    speakers = datamodule.split_manifest()["speakers"]
+    assert not set(speakers["train"]) & (set(speakers["val"]) | set(speakers["test"]))
+    wave, label = next(iter(datamodule.train_dataloader()))
+    assert wave.shape == (8, 16000) and wave.dtype == torch.float32 and label.shape == (8,)
+    train = EpochKeyed(datamodule.datasets["train"])  # augmented: same key, same audio
+    torch.testing.assert_close(train[(5, 0)][0], train[(5, 0)][0], rtol=0, atol=0)
+    assert not torch.equal(train[(5, 0)][0], train[(5, 1)][0])  # a new epoch, a new draw
+    assert all(datamodule.datasets[s].augment is None for s in ("val", "test"))
+
+
+# -- a real run -----------------------------------------------------------------------------
+
+
+def test_train_learns_and_writes_checkpoints(reference):
+    losses = [float(r["train/loss"]) for r in metrics_rows(reference, "train/loss")]
+    assert len(losses) == 5 and losses[-1] < 0.6 * losses[0]
+    val_acc = [float(r["val/acc"]) for r in metrics_rows(reference, "val/acc")]
+    assert max(val_acc) >= 0.8  # chance is 1/12
+    ckpts = reference / "checkpoints"
+    best = next(ckpts.glob("best-*.ckpt"))
+    assert (ckpts / "last.ckpt").is_file() and (reference / "config.yaml").is_file()
+    assert (reference / "logs" / "version_0" / "metrics.csv").is_file()
+
+    spotter, meta = load_spotter(ckpts / "tones.pt")
+    from_best, best_meta = load_spotter(best)
+    wave = torch.from_numpy(tone(300 * 1.25**3, SECONDS, RATE, 0.3))[None]
+    with torch.no_grad():
+        torch.testing.assert_close(spotter(wave), from_best(wave), rtol=0, atol=0)
+        assert spotter.labels[int(spotter(wave).argmax())] == SC10[3]
+    assert meta["task"] == "sc12" and meta["labels"] == list(TASKS["sc12"])
+    assert meta["split"]["rule"] == "speaker_hash" and len(meta["split"]["speakers"]["val"]) == 2
+    assert meta["train"]["config"]["model"] == {"name": "tcn", "d_model": 16}
+    assert meta["train"]["hardware"]["device"] == "cpu"
+    assert meta["train"]["epochs"] in (1.0, 2.0, 3.0, 4.0, 5.0)  # best is saved at an epoch end
+    assert meta["metrics"]["val/acc"] == best_meta["metrics"]["val/acc"] == max(val_acc)
+    assert 0.0 <= meta["metrics"]["test/acc"] <= 1.0
+
+    last = torch.load(ckpts / "last.ckpt", weights_only=True)  # all plain data
+    assert last["global_step"] == 5 * 6
+    assert last["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0, abs=1e-9)
+    groups = last["optimizer_states"][0]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]  # no decay on biases and norms
+
+
+def test_resume_mid_epoch_matches_uninterrupted_run(reference, config_path, tmp_path, capsys):
+    out = tmp_path / "crashed"
+    config = load_config(config_path)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config, out, name="tones", callbacks=[Crash(step=11)])
+    last = read_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 8  # saved every 4 steps; the crash at step 11 lost 3
+    assert last["SpeechCommandsDataModule"] == {"epoch": 1, "next_sample": 2 * 16}  # mid-epoch
+    assert last["kws"]["train"]["epochs"] == pytest.approx(1 + 2 / 6, abs=1e-3)
+
+    assert main(["train", "--config", str(config_path), "--out", str(out),
+                 "--resume", "last"]) == 0
+    a = read_checkpoint(reference / "checkpoints" / "last.ckpt")
+    b = read_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 30
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=1e-7)
+    resumed, unbroken = metrics_rows(out, "train/loss"), metrics_rows(reference, "train/loss")
+    assert [r["train/loss"] for r in resumed] == [r["train/loss"] for r in unbroken[1:]]
+    shipped_a = read_checkpoint(reference / "checkpoints" / "tones.pt")
+    shipped_b = read_checkpoint(out / "checkpoints" / "tones.pt")
+    assert shipped_a["metrics"] == shipped_b["metrics"]
+
+
+def test_existing_run_needs_resume_and_same_network(reference, config_path, tmp_path, capsys):
+    assert main(["train", "--config", str(config_path), "--out", str(reference)]) == 1
+    assert "pass --resume last to continue" in capsys.readouterr().err
+    last = reference / "checkpoints" / "last.ckpt"
+    argv = ["train", "--config", str(config_path), "--out", str(tmp_path / "x"),
+            "--resume", str(last), "--set", "model.d_model=32"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "its model section" in err and "Traceback" not in err
+    assert main(["train", "--config", str(config_path), "--out", str(tmp_path / "y"),
+                 "--resume", "last"]) == 1
+    assert "last.ckpt does not exist" in capsys.readouterr().err
+
+
+# -- the main job ---------------------------------------------------------------------------
+
+
+def test_pipeline_without_data_says_where_to_get_it(tmp_path, capsys):
+    empty = tmp_path / "nothing_here"
+    empty.mkdir()
+    assert main(["pipeline", "--data", str(empty), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "no Speech Commands folder" in err and "kws data download" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_pipeline_trains_and_scores_at_16_and_8_khz(tmp_path, capsys):
+    pytest.importorskip("kws.models.s4")
+    root = make_speech_commands(tmp_path / "speech_commands_16k", rate=16000, seconds=1.0)
+    out = tmp_path / "pipeline"
+    assert main(["pipeline", "--data", str(root), "--out", str(out), "--minutes", "0.1"]) == 0
+    printed = capsys.readouterr().out
+    assert "16000 Hz" in printed and "8000 Hz" in printed
+    summary = yaml.safe_load((out / "summary.json").read_text())
+    assert [r["sample_rate"] for r in summary["results"]] == [16000, 8000]
+    assert summary["model"] == "s4d" and summary["test_clips"] > 0
+    assert (out / "checkpoints" / "tiny_mfcc.pt").is_file()
+    groups = read_checkpoint(out / "checkpoints" / "last.ckpt")["optimizer_states"][0]
+    # S4D: weights with decay, biases and norms without, SSM parameters at ssm_lr without
+    assert [(g["initial_lr"], g["weight_decay"]) for g in groups["param_groups"]] == [
+        (0.01, 0.05), (0.01, 0.0), (0.001, 0.0)
+    ]
+
+
+# -- the throughput benchmark -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_benchmark_quick_runs_every_family_and_pipeline(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "train_throughput", REPO / "benchmarks" / "train_throughput.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert {(r["family"], r["pipeline"]) for r in rows} == {
+        (f, p) for f in ("s4", "s4d", "tcn", "lstm") for p in ("raw", "mfcc")
+    }
+    assert all(r["samples_per_second"] > 0 and r["device"] == "cpu" for r in rows)
+    assert {r["time_steps"] for r in rows if r["pipeline"] == "raw"} == {1600}  # 0.1 s, 16 kHz
+    printed = capsys.readouterr().out
+    assert "cpu samples/s" in printed and printed.count("\n") >= 10
