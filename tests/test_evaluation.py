@@ -28,13 +28,13 @@ from kws.evaluation.evaluate import (
     Evaluand,
     check_resampler,
     confusion_matrix,
-    parse_rates,
     resample_batch,
     scores,
     select_clips,
     spread,
     sweep,
 )
+from kws.evaluation.options import parse_rates
 from kws.evaluation.report import ModelRecord, markdown_table, model_card, table_row
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

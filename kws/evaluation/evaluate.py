@@ -47,7 +47,6 @@ import torch
 from kws.data.audio import load_audio, resample
 from kws.evaluation.options import DEFAULT_RATES, RESAMPLERS, SPLIT_CHOICES
 
-#: the rates of the sweep in the S4 paper's spirit: telephone to studio
 #: Speech Commands' native rate: every swept rate is made from audio read at it
 SOURCE_RATE = 16000
 MFCC_POLICY = (
