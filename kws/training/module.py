@@ -21,6 +21,8 @@ from __future__ import annotations
 import inspect
 import math
 import platform
+import shlex
+import sys
 import time
 from typing import Any
 
@@ -245,6 +247,8 @@ class KWSLightningModule(L.LightningModule):
                 "global_step": trainer.global_step,
                 "seconds": round(self.elapsed_seconds(), 3),
                 "hardware": self.hardware(),
+                # How this run was started, so a model card can say how to reproduce it.
+                "command": shlex.join(["kws", *sys.argv[1:]]),
             },
             "metrics": dict(self.val_metrics),
         }
