@@ -1,0 +1,375 @@
+"""S4 and S4D keyword-spotting models: the SSM layer, the residual block, the classifier.
+
+The layer's mathematics (initialisations, kernels, step) is in
+:mod:`kws.models.s4_kernels`; this module holds the parameters and the shapes.
+
+Step size for raw 16 kHz audio. dt is learned per channel, initialised log-uniform
+in [dt_min, dt_max] = [1e-3, 1e-1], the S4 paper's Speech Commands setting. A mode
+of HiPPO-LegS with step dt remembers about 1/dt steps, so on raw audio the
+channels start with memories of 10 to 1,000 samples (0.6 to 62 ms), the
+timescales of pitch and formants; the stack of six layers and the mean pooling
+cover the whole second. On MFCC (100 frames/s) the same range is 0.1 to 10 s.
+
+Sample rate. ``rate_factor`` = trained_rate / input_rate multiplies dt, and the
+kernel is built for the input's length, so a model trained at 16 kHz runs at any
+rate without retraining (S4's zero-shot resampling result).
+
+A, B and P are shared by the H channels of a layer and each channel has its own
+dt and C, as in the S4 reference configuration for Speech Commands (``n_ssm: 1``):
+that is what gives the paper's model its size of about 0.3M parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kws.models import s4_kernels as sk
+from kws.models.base import KWSModel, State
+
+KERNELS = ("dplr", "diag-lin", "diag-inv", "diag-legs")
+#: the longest piece of a chunk that the recurrent step does in one matmul
+STEP_PIECE = 32
+NO_STREAMING = "bidirectional S4 has no streaming form; retrain with bidirectional: false"
+
+
+class S4Layer(nn.Module):
+    """H independent linear SSMs applied channel-wise: (B, L, H) -> (B, L, H).
+
+    Parameters: log_dt (H,); the diagonal part of A as log(-Re) and Im (N/2,) each;
+    B and, for DPLR, P (N/2, 2); C (directions, H, N/2, 2); the skip term D (H,).
+    """
+
+    #: parameters trained with the SSM learning rate and no weight decay
+    SSM_PARAMETERS = ("log_dt", "log_neg_A_real", "A_imag", "B", "P")
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        kernel: str = "dplr",
+        bidirectional: bool = False,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+    ):
+        super().__init__()
+        check_arguments(d_model, d_state, kernel, dt_min, dt_max)
+        self.d_model, self.d_state, self.kernel_kind = d_model, d_state, kernel
+        self.bidirectional = bidirectional
+        H, n = d_model, d_state // 2
+        if kernel == "dplr":
+            lam, P, B, _ = sk.nplr_legs(d_state)
+            self.P = nn.Parameter(sk.as_pairs(P).float())
+        else:
+            lam, B = sk.diagonal_init(kernel.removeprefix("diag-"), d_state)
+            self.register_parameter("P", None)
+        self.log_neg_A_real = nn.Parameter(torch.log(-lam.real).float())
+        self.A_imag = nn.Parameter(lam.imag.float())
+        self.B = nn.Parameter(sk.as_pairs(B).float())
+        # C ~ complex normal with E|C|^2 = 1
+        self.C = nn.Parameter(torch.randn(2 if bidirectional else 1, H, n, 2) * math.sqrt(0.5))
+        self.D = nn.Parameter(torch.randn(H))
+        log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        self.log_dt = nn.Parameter(log_dt)
+        self._step_cache: dict[Any, Tensor] = {}
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, d_state={self.d_state}, kernel={self.kernel_kind!r}, "
+            f"bidirectional={self.bidirectional}"
+        )
+
+    def _lambda_pairs(self) -> Tensor:
+        """The diagonal part of A as (N/2, 2) pairs, real part kept negative."""
+        return torch.stack([-torch.exp(self.log_neg_A_real), self.A_imag], dim=-1)
+
+    def _dt(self, rate_factor: float) -> Tensor:
+        return torch.exp(self.log_dt) * rate_factor
+
+    def kernel(self, L: int, rate_factor: float = 1.0, naive: bool = False) -> Tensor:
+        """The convolution kernel (directions, H, L) for inputs of length L.
+
+        ``naive=True`` builds the same kernel the slow, obvious way (the full
+        Vandermonde or Cauchy matrices): the reference for tests and benchmarks.
+        """
+        lam = torch.view_as_complex(self._lambda_pairs())
+        B = torch.view_as_complex(self.B)
+        C = torch.view_as_complex(self.C)
+        dt = self._dt(rate_factor)
+        if self.P is None:
+            return sk.s4d_kernel(lam, B, C, dt, L, naive=naive)
+        return sk.dplr_kernel(lam, torch.view_as_complex(self.P), B, C, dt, L, naive=naive)
+
+    def forward(self, u: Tensor, rate_factor: float = 1.0) -> Tensor:
+        """(B, L, H) -> (B, L, H) by FFT convolution: causal unless bidirectional.
+
+        Runs in float32 with autocast off: FFTs and the kernel's powers need it.
+        """
+        with _float32(u):
+            u = _at_least_float32(u)
+            k = self.kernel(u.shape[1], rate_factor)
+            return sk.fft_conv(u.transpose(1, 2), k, self.D).transpose(1, 2)
+
+    # ----------------------------------------------------------------- streaming form
+
+    def discrete(self, rate_factor: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+        """The discrete system in real arithmetic: dA (H, N, N), dB (H, N), output row C (H, N)."""
+        self._check_streamable()
+        lam, dt = self._lambda_pairs(), self._dt(rate_factor)
+        if self.P is None:
+            increment, dB = sk.zoh_diagonal(lam, self.B, dt)
+        else:
+            increment, dB = sk.bilinear_dplr(lam, self.P, self.B, dt)
+        return sk.add_identity(increment), dB, sk.output_row(self.C[0])
+
+    def step_matrix(self, K: int, rate_factor: float = 1.0) -> Tensor:
+        """``s4_kernels.step_matrix`` for K steps; cached in eval mode without grad.
+
+        The cache is keyed on K, the rate and the parameters' storage and version
+        counters, so an optimiser step or ``load_state_dict`` invalidates it. It is
+        bypassed while tracing for export: there the matrix is built in the graph
+        from the parameters (real ops only) for the runtime to fold.
+        """
+        if self.training or torch.is_grad_enabled() or _tracing():
+            return sk.step_matrix(*self.discrete(rate_factor), self.D, K)
+        params = tuple(
+            (p.data_ptr(), p._version) for p in self._parameters.values() if p is not None
+        )
+        key = (K, float(rate_factor), params)
+        if key not in self._step_cache:
+            if len(self._step_cache) >= 8 or any(k[2] != params for k in self._step_cache):
+                self._step_cache.clear()
+            self._step_cache[key] = sk.step_matrix(*self.discrete(rate_factor), self.D, K)
+        return self._step_cache[key]
+
+    def initial_state(self, batch: int) -> Tensor:
+        """Zeros (batch, H, N/2, 2): the complex state as (re, im) pairs."""
+        self._check_streamable()
+        return self.D.new_zeros(batch, self.d_model, self.d_state // 2, 2)
+
+    def step(self, u: Tensor, state: Tensor, rate_factor: float = 1.0) -> tuple[Tensor, Tensor]:
+        """(B, K, H) chunk and (B, H, N/2, 2) state -> (B, K, H) outputs and the new state.
+
+        A chunk is cut into pieces of at most STEP_PIECE steps, one matmul each: the
+        step matrix grows as (N + K)^2, and past K ~ N longer pieces only add work.
+        """
+        with _float32(u):
+            u = _at_least_float32(u).transpose(1, 2)
+            x = state.flatten(-2)
+            K = u.shape[-1]
+            if K <= STEP_PIECE:
+                y, x = sk.ssm_step(u, x, self.step_matrix(K, rate_factor))
+            else:
+                outputs = []
+                for start in range(0, K, STEP_PIECE):
+                    piece = u[..., start : start + STEP_PIECE]
+                    y, x = sk.ssm_step(piece, x, self.step_matrix(piece.shape[-1], rate_factor))
+                    outputs.append(y)
+                y = torch.cat(outputs, dim=-1)
+            return y.transpose(1, 2), x.unflatten(-1, state.shape[-2:])
+
+    def _check_streamable(self) -> None:
+        if self.bidirectional:
+            raise RuntimeError(NO_STREAMING)
+
+
+class S4Block(nn.Module):
+    """Pre-LayerNorm residual block: x + dropout(GLU(Linear(GELU(S4(LN(x))))))."""
+
+    def __init__(self, d_model: int, dropout: float, **layer_args: Any):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.ssm = S4Layer(d_model, **layer_args)
+        self.out = nn.Linear(d_model, 2 * d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def _mix(self, y: Tensor) -> Tensor:
+        return self.dropout(F.glu(self.out(F.gelu(y)), dim=-1))
+
+    def forward(self, x: Tensor, rate_factor: float = 1.0) -> Tensor:
+        return x + self._mix(self.ssm(self.norm(x), rate_factor))
+
+    def step(self, x: Tensor, state: Tensor, rate_factor: float = 1.0) -> tuple[Tensor, Tensor]:
+        y, state = self.ssm.step(self.norm(x), state, rate_factor)
+        return x + self._mix(y), state
+
+
+class S4Classifier(KWSModel):
+    """Deep S4/S4D classifier: Linear(C, H), residual S4 blocks, LayerNorm, mean pool, head.
+
+    ``kernel`` "dplr" is S4 (family "s4"); "diag-lin", "diag-inv" and "diag-legs" are
+    S4D (family "s4d"). Causal by default; ``bidirectional=True`` sees the whole
+    clip and has no streaming form. ``ssm_lr`` caps the learning rate of the SSM
+    parameters (dt, A, B, P), which also get no weight decay.
+    """
+
+    family = "s4"
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        d_model: int = 128,
+        d_state: int = 64,
+        n_layers: int = 6,
+        kernel: str = "dplr",
+        dropout: float = 0.1,
+        bidirectional: bool = False,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        ssm_lr: float = 1e-3,
+    ):
+        check_arguments(d_model, d_state, kernel, dt_min, dt_max)
+        if in_channels < 1 or n_classes < 1 or n_layers < 1:
+            raise ValueError(
+                f"in_channels, n_classes and n_layers must be positive, got {in_channels}, "
+                f"{n_classes}, {n_layers}"
+            )
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if not ssm_lr > 0:
+            raise ValueError(f"ssm_lr must be positive, got {ssm_lr}")
+        super().__init__(in_channels, n_classes, d_model)
+        self.family = "s4" if kernel == "dplr" else "s4d"
+        self.kernel, self.bidirectional, self.ssm_lr = kernel, bidirectional, ssm_lr
+        self.encoder = nn.Linear(in_channels, d_model)
+        layer_args = dict(
+            d_state=d_state,
+            kernel=kernel,
+            bidirectional=bidirectional,
+            dt_min=dt_min,
+            dt_max=dt_max,
+        )
+        self.blocks = nn.ModuleList(
+            S4Block(d_model, dropout, **layer_args) for _ in range(n_layers)
+        )
+        self.norm = nn.LayerNorm(d_model)
+        self.config = {
+            "family": self.family,
+            "in_channels": in_channels,
+            "n_classes": n_classes,
+            "d_model": d_model,
+            "d_state": d_state,
+            "n_layers": n_layers,
+            "kernel": kernel,
+            "dropout": dropout,
+            "bidirectional": bidirectional,
+            "dt_min": dt_min,
+            "dt_max": dt_max,
+            "ssm_lr": ssm_lr,
+        }
+
+    def features(self, x: Tensor, rate_factor: float = 1.0) -> Tensor:
+        """(B, L, C) -> (B, L, H)."""
+        self._check_input(x, rate_factor)
+        h = self.encoder(x)
+        for block in self.blocks:
+            h = block(h, rate_factor)
+        return self.norm(h)
+
+    def initial_state(self, batch: int) -> State:
+        """One (batch, H, N/2, 2) zero state per layer."""
+        return [block.ssm.initial_state(batch) for block in self.blocks]
+
+    def step(self, x: Tensor, state: State, rate_factor: float = 1.0) -> tuple[Tensor, State]:
+        """(B, K, C) chunk -> ((B, K, H), new state); any K, with a few tensor ops per layer."""
+        if self.bidirectional:
+            raise RuntimeError(NO_STREAMING)
+        self._check_input(x, rate_factor)
+        if len(state) != len(self.blocks):
+            raise ValueError(f"state has {len(state)} tensors, the model {len(self.blocks)} layers")
+        h = self.encoder(x)
+        new_state = []
+        for block, s in zip(self.blocks, state, strict=True):
+            h, s = block.step(h, s, rate_factor)
+            new_state.append(s)
+        return self.norm(h), new_state
+
+    def ssm_parameters(self) -> list[nn.Parameter]:
+        """dt, A, B and P of every layer."""
+        params = []
+        for block in self.blocks:
+            for name in S4Layer.SSM_PARAMETERS:
+                p = getattr(block.ssm, name)
+                if p is not None:
+                    params.append(p)
+        return params
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """The base groups for everything else, plus the SSM group: lr min(lr, ssm_lr), no decay."""
+        ssm = self.ssm_parameters()
+        ssm_ids = {id(p) for p in ssm}
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad or id(p) in ssm_ids:
+                continue
+            (no_decay if p.ndim < 2 or name.endswith("bias") else decay).append(p)
+        groups = [
+            {"params": decay, "lr": lr, "weight_decay": weight_decay},
+            {"params": no_decay, "lr": lr, "weight_decay": 0.0},
+            {
+                "params": [p for p in ssm if p.requires_grad],
+                "lr": min(lr, self.ssm_lr),
+                "weight_decay": 0.0,
+            },
+        ]
+        return [g for g in groups if g["params"]]
+
+    def summary(self) -> str:
+        cfg = self.config
+        return (
+            f"{self.family} ({self.kernel} kernel): {self.n_parameters:,} parameters, "
+            f"{cfg['n_layers']} layers, d_model={self.d_model}, d_state={cfg['d_state']}, "
+            f"{'bidirectional (no streaming)' if self.bidirectional else 'causal'}, "
+            f"dt init in [{cfg['dt_min']:g}, {cfg['dt_max']:g}]"
+        )
+
+    def _check_input(self, x: Tensor, rate_factor: float) -> None:
+        if x.ndim != 3 or x.shape[-1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__} expects input (B, L, {self.in_channels}), "
+                f"got shape {tuple(x.shape)}"
+            )
+        if (
+            isinstance(rate_factor, bool)
+            or not isinstance(rate_factor, numbers.Real)
+            or not (math.isfinite(rate_factor) and rate_factor > 0)
+        ):
+            raise ValueError(
+                f"rate_factor must be a positive number (trained_rate / input_rate), "
+                f"got {rate_factor!r}"
+            )
+
+
+def check_arguments(d_model: int, d_state: int, kernel: str, dt_min: float, dt_max: float) -> None:
+    """Refuse configurations that cannot work, naming the argument."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown S4 kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    if d_model < 1:
+        raise ValueError(f"d_model must be positive, got {d_model}")
+    if d_state < 2 or d_state % 2:
+        raise ValueError(f"d_state must be even and >= 2 (conjugate pairs), got {d_state}")
+    if not 0 < dt_min <= dt_max:
+        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+
+
+def _float32(x: Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off (if it is on): FFTs and the powers of dA need float32."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _at_least_float32(x: Tensor) -> Tensor:
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _tracing() -> bool:
+    """True while torch.export / torch.compile / torch.jit trace the model."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
