@@ -139,6 +139,9 @@ class StreamingSpotter(nn.Module):
             self.feature_config.win_length - self.feature_config.hop_length
             + plan["delay_samples"]
         )
+        #: S4 keeps a complex state as (re, im) pairs on its last axis; the stream keeps it
+        #: as (B, H, 2, N/2), all re then all im (``to_stream``)
+        self._split_pairs = self.model.family in ("s4", "s4d")
         self._model_names = [f"model_{i}" for i in range(len(self._model_axes))]
         #: the states, in forward's order, without the "state_" prefix of the ONNX inputs
         self.state_names: list[str] = (
@@ -168,10 +171,7 @@ class StreamingSpotter(nn.Module):
             states.append(zeros(batch, self.plan["delay_frames"], self.feature_config.channels))
         if self.lead_chunks:
             states.append(zeros(batch, 1))
-        states += [
-            s.to(ref).movedim(axis, 0)
-            for s, axis in zip(self.model.initial_state(batch), self._model_axes, strict=True)
-        ]
+        states += self.to_stream(self.model.initial_state(batch))
         states.append(zeros(batch, self.window_chunks, self.model.d_model))
         return states
 
@@ -197,13 +197,10 @@ class StreamingSpotter(nn.Module):
             k = self.plan["frames_per_chunk"]
             feats, new["delay"] = pending[:, :k], pending[:, k:]
 
-        axes = self._model_axes
         old = [state[name] for name in self._model_names]
-        y, states_out = self.model.step(
-            feats, [s.movedim(0, a) for s, a in zip(old, axes, strict=True)], self.rate_factor
-        )
-        next_model = [s.movedim(a, 0) for s, a in zip(states_out, axes, strict=True)]
-        chunk_sum = y.sum(dim=1)
+        y, states_out = self.model.step(feats, self.to_model(old), self.rate_factor)
+        next_model = self.to_stream(states_out)
+        chunk_sum = y.sum(dim=1, keepdim=True)  # (B, 1, H)
         if "warmup" in state:  # frames from before the stream: the model and window stand still
             seen = state["warmup"]
             new["warmup"] = torch.clamp(seen + 1, max=float(self.lead_chunks))
@@ -212,12 +209,31 @@ class StreamingSpotter(nn.Module):
                 torch.where(valid.reshape([-1] + [1] * (s.ndim - 1)), s, s_old)
                 for s, s_old in zip(next_model, old, strict=True)
             ]
-            chunk_sum = torch.where(valid, chunk_sum, torch.zeros_like(chunk_sum))
+            chunk_sum = torch.where(valid.unsqueeze(-1), chunk_sum, 0.0)
         new.update(zip(self._model_names, next_model, strict=True))
 
-        new["window"] = torch.cat([state["window"][:, 1:], chunk_sum.unsqueeze(1)], dim=1)
+        new["window"] = torch.cat([state["window"][:, 1:], chunk_sum], dim=1)
         logits = self.model.classify(new["window"].sum(dim=1) / self.window_frames)
         return (logits, *(new[name] for name in self.state_names))
+
+    def to_stream(self, states: list[Tensor]) -> list[Tensor]:
+        """The model's states as the stream keeps them: batch first, S4's pairs split.
+
+        Why split: the exported S4 step multiplies the state by a complex diagonal, for
+        which it swaps re and im. On (re, im) pairs that is a strided copy of single floats
+        (a third of the whole 10-ms MFCC step in onnxruntime); on (B, H, 2, N/2) it flips
+        an axis of two contiguous blocks. The exported layers work on this layout, and the
+        transposes that ``to_model`` and the layer put between them cancel in the graph.
+        """
+        ref = next(self.model.parameters())
+        out = [s.to(ref).movedim(a, 0) for s, a in zip(states, self._model_axes, strict=True)]
+        return [s.transpose(-1, -2) for s in out] if self._split_pairs else out
+
+    def to_model(self, states: list[Tensor]) -> list[Tensor]:
+        """Inverse of ``to_stream``."""
+        if self._split_pairs:
+            states = [s.transpose(-1, -2) for s in states]
+        return [s.movedim(0, a) for s, a in zip(states, self._model_axes, strict=True)]
 
     @property
     def clip_chunks(self) -> int:
