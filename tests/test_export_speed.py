@@ -62,22 +62,22 @@ def test_onnxruntime_folds_every_constant(tmp_path, family, kind):
     assert constant_only_nodes(optimised(spec.onnx_path, tmp_path)) == []  # ... all folded
 
 
-@pytest.mark.parametrize("family", ["s4", "s4d"])
-def test_ten_ms_mfcc_step_is_elementwise(tmp_path, family):
-    """One MFCC frame per step: each S4 layer is its O(N) recurrence, no per-channel matmul.
+@pytest.mark.parametrize(("family", "chunk_ms"), [("s4", 10), ("s4d", 10), ("s4", 20)])
+def test_short_mfcc_steps_are_elementwise(tmp_path, family, chunk_ms):
+    """One or two MFCC frames per step: each S4 layer is its O(N) recurrence, no matmul.
 
     The only matmuls are the frontend's three tables, the encoder, each block's output
     layer and the head; no Transpose survives (the stream's state layout is the one the
-    recurrence works in); and the node count stays near 30 per layer.
+    recurrence works in); and the node count stays near 30 per layer and frame.
     """
-    layers = 3
+    layers, frames = 3, chunk_ms // 10
     spotter = make_spotter(family, "mfcc", n_layers=layers)
-    spec = export_spotter(spotter, tmp_path / "x.onnx", streaming=True, chunk_ms=10)
+    spec = export_spotter(spotter, tmp_path / "x.onnx", streaming=True, chunk_ms=chunk_ms)
     graph = optimised(spec.onnx_path, tmp_path)
     ops = collections.Counter(node.op_type for node in graph.graph.node)
     assert ops["MatMul"] + ops["Gemm"] + ops["FusedMatMul"] == 3 + 1 + layers + 1
     assert ops["Transpose"] == 0
-    assert len(graph.graph.node) < 30 * layers + 30
+    assert len(graph.graph.node) < 30 * layers * frames + 30
     state_shapes = {s.name: s.shape for s in spec.states}
     assert state_shapes["state_model_0"] == [None, 16, 2, 4]  # (B, H, 2, N/2): re, then im
 
@@ -139,21 +139,23 @@ def test_folded_mfcc_computes_the_frontend_s_features(rate):
         assert rel_err(folded(one), want[:, :1]) < 1e-5
 
 
-def test_streamed_logits_survive_an_s4_recurrence_export(tmp_path):
+@pytest.mark.parametrize("chunk_ms", [10, 20])
+def test_streamed_logits_survive_an_s4_recurrence_export(tmp_path, chunk_ms):
     """The recurrent graph keeps the export's promise on a longer stream than the check's."""
     spotter = make_spotter("s4", "mfcc", n_layers=2)
-    spec = export_spotter(spotter, tmp_path / "x.onnx", streaming=True)
+    spec = export_spotter(spotter, tmp_path / "x.onnx", streaming=True, chunk_ms=chunk_ms)
     sess = ort.InferenceSession(str(spec.onnx_path), providers=["CPUExecutionProvider"])
     from kws.streaming.step_model import StreamingSpotter
 
-    stream = StreamingSpotter(spotter)
+    stream = StreamingSpotter(spotter, chunk_ms=chunk_ms)
     wave = speechy(2, 40000, seed=5)  # 2.5 s: the window has wrapped
     want, _ = stream.run(wave)
     states = spec.initial_states(2)
     outputs = [spec.logits_output, *[s.output for s in spec.states]]
     got = []
-    for start in range(0, 40000, 160):
-        logits, *nexts = sess.run(outputs, {"audio": wave[:, start : start + 160].numpy(),
+    size = spec.chunk_samples
+    for start in range(0, 40000, size):
+        logits, *nexts = sess.run(outputs, {"audio": wave[:, start : start + size].numpy(),
                                             **states})
         states = {s.name: v for s, v in zip(spec.states, nexts, strict=True)}
         got.append(logits)

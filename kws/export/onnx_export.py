@@ -22,17 +22,19 @@ Speed (streaming). onnxruntime does fold the constants built from the
 parameters when it loads a file (no node is left that depends on initializers
 only), so they cost nothing per call. What costs is the work per call, and, with
 one MFCC frame per 10-ms step, the number of nodes (1-2 us each here).
-``benchmarks/bench_stream.py`` measures it; on the shared 2-core machine, one
-thread, side by side, CPU time per 10-ms chunk, untrained models:
+``benchmarks/bench_stream.py``, one thread, side by side on the shared 2-core
+machine, CPU ms per 10-ms chunk through ``OnnxStepBackend`` (untrained models;
+the backend's Python adds ~0.04 ms):
 
-================================  =======  ======
-model                             before   after
-================================  =======  ======
-MFCC S4 (dplr) H=64 N=64 4 layers 0.43 ms  0.20 ms
-MFCC S4D      H=64 N=64 4 layers  0.41 ms  0.17 ms
-raw S4D       H=128 N=64 6 layers 6.5 ms   3.4 ms
-raw S4 (dplr) H=128 N=64 6 layers 7.3 ms   6.7 ms
-================================  =======  ======
+=================================  ======  =====
+model                              before  after
+=================================  ======  =====
+MFCC S4 (DPLR), H=64 N=64 4 layers   0.49   0.27
+MFCC S4D,       H=64 N=64 4 layers   0.48   0.24
+raw S4D,       H=128 N=64 6 layers   7.5    3.7
+raw S4 (DPLR), H=128 N=64 6 layers   7.9    7.1
+raw S4D,        H=64 N=32 4 layers   1.27   0.97
+=================================  ======  =====
 
 * MFCC: a 10- or 20-ms chunk runs each S4 layer as its O(N) recurrence
   (``recurrence_factors``): elementwise ops on (B, H, 2, N/2) states instead of
@@ -43,7 +45,8 @@ raw S4 (dplr) H=128 N=64 6 layers 7.3 ms   6.7 ms
   elementwise; S4's DPLR state matrix is dense (its eigenvectors have condition
   number ~2e9 at N=64, so it cannot be diagonalised in float32), and passing the
   state costs an N x N matmul per channel and piece. The raw models are bound by
-  memory: a raw S4 reads ~27 MB of folded constants per chunk, S4D ~7.5 MB.
+  memory: a raw S4 reads ~28 MB of folded constants per chunk (as much as the
+  (N + P)^2 step matrices before), S4D ~7.5 MB.
 
 File size. ``do_constant_folding=False``: folding at export time would store
 every tensor derived from the weights -- an S4 layer's per-chunk matrices grow
@@ -115,12 +118,12 @@ class FoldedMFCC(Frontend):
     """The MFCC frontend as the exported graph computes it, at one sample rate; same numbers.
 
     ``MFCCFrontend`` under trace computes a frame as DFT matmul, two halves squared and
-    added, mel matmul, clamp, log10, affine map, DCT: 17 nodes and a (win, 2 (n_fft/2 + 1))
-    table that one 10-ms step reads whole (822 KB at 16 kHz, the largest constant of an
-    MFCC model). Here the DFT keeps only the bins some mel band weighs (127 of 257 at
-    16 kHz), cos and sin side by side, so the power is one square and a matmul with the
-    mel table stacked twice; 10 log10, the affine map and the DCT fold into one matrix
-    and a bias: 9 nodes, half the table.
+    added, mel matmul, clamp, log10, affine map, DCT, and a (win, 2 (n_fft/2 + 1)) table
+    that a 10-ms step reads whole (822 KB at 16 kHz, the largest constant of an MFCC
+    model): with the buffering, 18 nodes per step. Here the DFT keeps only the bins some
+    mel band weighs (127 of 257 at 16 kHz), cos and sin side by side, so the power is one
+    square and a matmul with the mel table stacked twice; 10 log10, the affine map and
+    the DCT fold into one matrix and a bias: 11 nodes, half the table.
     """
 
     def __init__(self, config: FeatureConfig):
@@ -168,7 +171,8 @@ def deinterleave(n_state: int) -> Tensor:
     """Indices that put an interleaved state (re_0, im_0, re_1, ...) in the order (re..., im...).
 
     In that order a diagonal complex multiply is two real ones: re and im swap by
-    flipping an axis of size 2, a cheap copy, where swapping within pairs is a slow gather.
+    flipping an axis of two contiguous blocks, where swapping within pairs is a strided
+    copy of single floats (several times slower in onnxruntime).
     """
     return torch.cat([torch.arange(0, n_state, 2), torch.arange(1, n_state, 2)])
 
@@ -360,7 +364,7 @@ class ScannedSSM(nn.Module):
         return into, top, (g1, g2)
 
     def chunk(self, u: Tensor, state: Tensor, rate_factor: float) -> tuple[Tensor, Tensor]:
-        """A chunk in pieces of P <= STEP_PIECE steps, channels leading and pieces as matrix rows.
+        """A chunk in pieces (``chunk_piece``), channels leading and pieces as matrix rows.
 
         All pieces' inputs go through two batched matmuls (their shares of the state, then
         their outputs from [state before the piece, inputs]); only the state passes from

@@ -221,8 +221,8 @@ class StreamingSpotter(nn.Module):
 
         Why split: the exported S4 step multiplies the state by a complex diagonal, for
         which it swaps re and im. On (re, im) pairs that is a strided copy of single floats
-        (a third of the whole 10-ms MFCC step in onnxruntime); on (B, H, 2, N/2) it flips
-        an axis of two contiguous blocks. The exported layers work on this layout, and the
+        (a fifth of a whole 10-ms MFCC step in onnxruntime); on (B, H, 2, N/2) it flips an
+        axis of two contiguous blocks. The exported layers work on this layout, and the
         transposes that ``to_model`` and the layer put between them cancel in the graph.
         """
         ref = next(self.model.parameters())
