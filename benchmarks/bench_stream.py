@@ -1,24 +1,35 @@
-"""Real-time factor of streaming inference: onnxruntime against PyTorch eager, 1 and 2 threads.
+"""Real-time factor of streaming inference, from the bare onnxruntime call up to the detector.
 
-For every streaming ONNX export in export/ (or the ones given), both backends step
-through the same chunks of audio -- seeded noise: the cost of a step does not
-depend on what it hears -- and we report, per chunk, wall time and the process's
-CPU time, the real-time factor (seconds of compute per second of audio; below 1
-keeps up with a microphone) and the PyTorch / onnxruntime ratio. PyTorch runs the
-checkpoint named by the sidecar's ``source_checkpoint`` (or ``--checkpoint``);
-without one, those columns are empty. ``detector`` is the full StreamingDetector on
-onnxruntime with its default two-copy reset schedule: what ``kws stream`` and the
-demo pay. ``nodes`` counts the graph's nodes after onnxruntime's optimiser: with
-1-frame MFCC steps the cost is mostly per node.
+For every streaming ONNX export in export/ (or the ones given), on 1 and 2 threads,
+the same chunks of seeded noise (a step's cost does not depend on what it hears)
+go through, side by side:
+
+* ``run``: onnxruntime's ``session.run`` alone, one state copy, the states fed back
+  through a dict: what a caller of the plain API pays;
+* ``step1``: ``OnnxStepBackend.step`` with one copy: checks, then a call on buffers
+  bound once (IOBinding), which converts and allocates less than ``run``;
+* ``step2``: the same with two copies, one batched call: what the engine runs;
+* ``detector``: ``StreamingDetector.feed`` with its default two-copy reset
+  schedule, one chunk per call: what ``kws stream`` and the demo pay;
+* ``torch``: ``TorchStepBackend.step``, one copy, PyTorch eager on the checkpoint
+  named by the sidecar's ``source_checkpoint`` (or ``--checkpoint``); empty without one.
+
+Each reports the process's CPU time per chunk (all its threads; on a shared
+machine wall time also counts the other jobs) and the real-time factor, CPU
+seconds per second of audio: 0.02 is 2% of one core. With 2 threads the idle
+workers of onnxruntime and torch spin, so at these small steps 2 threads cost more
+CPU than 1 (and, on a busy machine, more wall time too). ``nodes`` counts the
+graph's nodes after onnxruntime's optimiser: with 1-frame MFCC steps the cost is
+mostly per node.
 
 Side by side. On a shared machine the load changes from second to second, so one
-model timed after another compares loads, not models. Every (model, backend) runs
-``--rounds`` times in turn, a block of chunks each, and keeps its fastest and its
-median block: give several exports (say one before and one after a change) and
-their ratios are fair. CPU time counts all the process's threads, so with 2
-threads on a busy machine it can exceed wall time.
+model timed after another compares loads, not models. Every (model, column) runs
+``--rounds`` times in turn, a block of chunks each, and we keep the median block
+(and the fastest): give several exports (say one before and one after a change)
+and their ratios are fair. The JSON records the load average before and after.
 
-    .venv/bin/python benchmarks/bench_stream.py [MODEL.onnx ...] [--seconds 5] [--json OUT]
+    .venv/bin/python benchmarks/bench_stream.py [MODEL.onnx ...] [--seconds 5] [--rounds 5]
+        [--threads 1,2] [--json results/bench_stream_speed.json]
     .venv/bin/python benchmarks/bench_stream.py --quick    # a few seconds, for the tests
 """
 
@@ -26,6 +37,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -82,8 +95,19 @@ def optimised_nodes(onnx_path: Path) -> int:
         return len(onnx.load(options.optimized_model_filepath).graph.node)
 
 
+def cpu_name() -> str:
+    """The CPU model, for the record (Linux), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 class Timer:
-    """One (model, backend, threads) under test: a step function and its timed blocks."""
+    """One (model, column, threads) under test: a step function and its timed blocks."""
 
     def __init__(self, step: Callable[[np.ndarray], Any], chunks: list[np.ndarray]):
         self.step, self.chunks = step, chunks
@@ -102,16 +126,37 @@ class Timer:
 
     @staticmethod
     def keys(prefix: str) -> list[str]:
-        """The row's columns for one backend (see ``summary``)."""
-        return [f"{prefix}_{key}" for key in
-                ("ms_per_chunk", "median_ms_per_chunk", "cpu_ms_per_chunk", "rtf", "cpu_rtf")]
+        """The row's columns for one timer (see ``summary``)."""
+        return [f"{prefix}_{key}" for key in ("cpu_ms", "cpu_ms_min", "wall_ms", "rtf")]
 
     def summary(self, prefix: str, chunk_s: float) -> dict[str, float]:
-        """Fastest and median block, in ms per chunk, and the fastest as a real-time factor."""
-        wall, cpu = min(self.wall), min(self.cpu)
-        values = (wall * 1000, statistics.median(self.wall) * 1000, cpu * 1000,
-                  wall / chunk_s, cpu / chunk_s)
+        """Median and fastest block's CPU ms per chunk, median wall ms, and the median CPU
+        time as a real-time factor."""
+        cpu = statistics.median(self.cpu)
+        values = (cpu * 1000, min(self.cpu) * 1000, statistics.median(self.wall) * 1000,
+                  cpu / chunk_s)
         return dict(zip(self.keys(prefix), values, strict=True))
+
+
+#: the timed columns, in the order they print
+COLUMNS = ("run", "step1", "step2", "detector", "torch")
+
+
+def session_run(backend: Any) -> Callable[[np.ndarray], Any]:
+    """The bare ``session.run`` of ``backend``'s session on one copy, states fed back."""
+    spec = backend.spec
+    feed = {s.name: s.zeros(1) for s in spec.states}
+    names = [spec.logits_output] + [s.output for s in spec.states]
+    state_names = [s.name for s in spec.states]
+    run = backend.session.run
+
+    def step(chunk: np.ndarray) -> Any:
+        feed[spec.audio_input] = chunk[None]
+        logits, *states = run(names, feed)
+        feed.update(zip(state_names, states, strict=True))
+        return logits
+
+    return step
 
 
 def bench_threads(
@@ -127,25 +172,30 @@ def bench_threads(
     torch.set_num_threads(threads)
     entries = []
     for onnx_path in models:
-        onnx = OnnxStepBackend(onnx_path, threads=threads)
-        rate, size = onnx.sample_rate, onnx.chunk_samples
+        one = OnnxStepBackend(onnx_path, threads=threads)
+        two = OnnxStepBackend(onnx_path, threads=threads, copies=2)
+        rate, size = one.sample_rate, one.chunk_samples
         rng = np.random.default_rng(seed)
         count = max(10, round(seconds * rate / size))
         chunks = [(0.1 * rng.standard_normal(size)).astype(np.float32) for _ in range(count)]
         detector = StreamingDetector(OnnxStepBackend(onnx_path, threads=threads))
         timers = {
-            "onnx": Timer(onnx.step, chunks),
-            "detector": Timer(lambda chunk, d=detector: d.feed(chunk), chunks),
+            "run": Timer(session_run(OnnxStepBackend(onnx_path, threads=threads)), chunks),
+            "step1": Timer(one.step, chunks),
+            "step2": Timer(two.step, chunks),
+            "detector": Timer(detector.feed, chunks),
         }
-        ckpt = resolve_checkpoint(onnx_path, onnx.spec, checkpoint)
+        ckpt = resolve_checkpoint(onnx_path, one.spec, checkpoint)
         if ckpt is not None:
             eager = TorchStepBackend(ckpt, chunk_ms=size / rate * 1000, sample_rate=rate)
             timers["torch"] = Timer(eager.step, chunks)
         entries.append((onnx_path, size / rate, count, ckpt, timers))
+    load_before = os.getloadavg()[0]
     for _ in range(rounds):
         for *_, timers in entries:
             for timer in timers.values():
                 timer.block()
+    load_after = os.getloadavg()[0]
 
     rows = []
     for onnx_path, chunk_s, count, ckpt, timers in entries:
@@ -158,18 +208,16 @@ def bench_threads(
             "rounds": rounds,
             "nodes": optimised_nodes(onnx_path),
             "checkpoint": None if ckpt is None else str(ckpt),
+            "load_1min": [load_before, load_after],
         }
-        for name in ("onnx", "detector", "torch"):
+        for name in COLUMNS:
             if name in timers:
                 row.update(timers[name].summary(name, chunk_s))
             else:
                 row.update(dict.fromkeys(Timer.keys(name)))
-        has_torch = "torch" in timers
-        row["torch_over_onnx"] = (
-            row["torch_ms_per_chunk"] / row["onnx_ms_per_chunk"] if has_torch else None
-        )
-        row["torch_over_onnx_cpu"] = (
-            row["torch_cpu_ms_per_chunk"] / row["onnx_cpu_ms_per_chunk"] if has_torch else None
+        row["step1_over_run"] = row["step1_cpu_ms"] / row["run_cpu_ms"]
+        row["torch_over_step1"] = (
+            row["torch_cpu_ms"] / row["step1_cpu_ms"] if "torch" in timers else None
         )
         rows.append(row)
     return rows
@@ -180,16 +228,16 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
         return "-" if row.get(key) is None else format(row[key], fmt)
 
     width = max(28, *(len(r["model"]) for r in rows))
-    print(f"{'model':<{width}} {'thr':>3} {'chunk':>6} {'nodes':>5} {'onnx ms':>8} {'cpu ms':>8} "
-          f"{'RTF':>7} {'cpu RTF':>7} {'detector':>8} {'torch ms':>9} {'cpu ms':>8} "
-          f"{'torch/onnx':>10} {'cpu':>6}")
+    print(f"CPU ms per chunk (median of {rows[0]['rounds']} blocks), real-time factor in "
+          f"parentheses; {rows[0]['threads']} thread(s), 1-min load "
+          f"{rows[0]['load_1min'][0]:.2f} -> {rows[0]['load_1min'][1]:.2f}")
+    print(f"{'model':<{width}} {'chunk':>6} {'nodes':>5} "
+          + " ".join(f"{name:>16}" for name in COLUMNS) + f" {'step1/run':>9}")
     for r in rows:
-        print(f"{r['model']:<{width}} {r['threads']:>3} {r['chunk_ms']:>4g}ms {r['nodes']:>5} "
-              f"{r['onnx_ms_per_chunk']:>8.3f} {r['onnx_cpu_ms_per_chunk']:>8.3f} "
-              f"{r['onnx_rtf']:>7.4f} {r['onnx_cpu_rtf']:>7.4f} {r['detector_rtf']:>8.4f} "
-              f"{opt(r, 'torch_ms_per_chunk', '.3f'):>9} "
-              f"{opt(r, 'torch_cpu_ms_per_chunk', '.3f'):>8} "
-              f"{opt(r, 'torch_over_onnx', '.2f'):>10} {opt(r, 'torch_over_onnx_cpu', '.2f'):>6}")
+        cells = [f"{opt(r, f'{name}_cpu_ms', '.3f'):>6} ({opt(r, f'{name}_rtf', '.4f'):>6})"
+                 for name in COLUMNS]
+        print(f"{r['model']:<{width}} {r['chunk_ms']:>4g}ms {r['nodes']:>5} "
+              + " ".join(f"{c:>16}" for c in cells) + f" {r['step1_over_run']:>9.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", default="1,2", help="thread counts (default 1,2)")
     parser.add_argument("--quick", action="store_true",
                         help="0.5 s of audio, 2 rounds: a smoke test")
-    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the report here (results/bench_stream_speed.json)")
     args = parser.parse_args(argv)
     models = args.models or streaming_exports(args.export_dir)
     if not models:
@@ -219,8 +268,18 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_threads(models, seconds, n, rounds, args.checkpoint)
         print_rows([row for row in rows if row["threads"] == n])
     if args.json:
+        report = {
+            "command": " ".join(["benchmarks/bench_stream.py", *(argv or sys.argv[1:])]),
+            "cpu": cpu_name(),
+            "cpu_count": os.cpu_count(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "seconds": seconds,
+            "rounds": rounds,
+            "statistic": "median block of CPU time per chunk (process_time, all threads)",
+            "rows": rows,
+        }
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
     return 0
 
 

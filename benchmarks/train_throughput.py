@@ -10,6 +10,13 @@ under bf16 autocast, as training does there.
     python benchmarks/train_throughput.py                 # CPU, full-size models
     python benchmarks/train_throughput.py --device cuda   # GPU
     python benchmarks/train_throughput.py --quick         # tiny shapes, seconds
+
+``--config`` times given configs instead, each with the ``--set`` overrides that follow
+it (as ``kws train`` reads them), so variants are measured side by side in one run:
+
+    python benchmarks/train_throughput.py --batch-size 64 \
+        --config s4d_raw --set model.d_model=48 --set model.n_layers=4 \
+        --config s4_raw_pool --config s4_raw_pool --set model.d_model=64
 """
 
 from __future__ import annotations
@@ -44,22 +51,42 @@ def quick_model(family: str) -> dict[str, Any]:
     return model
 
 
-def spotter_for(family: str, pipeline: str, quick: bool):
-    """(spotter, batch size, clip seconds) as the shipped config trains it (or tiny)."""
-    config = load_config(f"{family}_{pipeline}")
+def spotter_for(config: dict[str, Any], quick: bool):
+    """(spotter, config) as ``config`` trains it (or tiny)."""
     if quick:
-        config["model"].update(quick_model(family))
+        config["model"].update(quick_model(config["model"]["name"]))
+        if config["model"].get("pool"):  # one factor per layer, and quick has one layer
+            config["model"]["pool"] = [2]
         config["data"]["clip_seconds"] = QUICK["clip_seconds"]
         config["data"]["batch_size"] = QUICK["batch_size"]
     spotter = build_spotter(config, list(TASKS[config["data"]["task"]]))
     return spotter, config
 
 
+class ConfigAction(argparse.Action):
+    """--config NAME starts a new row; each --set after it goes to that row."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        rows = getattr(namespace, "configs", None) or []
+        if option_string == "--config":
+            rows.append((value, []))
+        elif not rows:
+            parser.error("--set must follow a --config")
+        else:
+            rows[-1][1].append(value)
+        namespace.configs = rows
+
+
 def measure(family: str, pipeline: str, device: str, quick: bool, steps: int, warmup: int,
-            batch_size: int | None = None) -> dict[str, Any]:
-    """Time ``steps`` training steps after ``warmup`` untimed ones; one result row."""
+            batch_size: int | None = None, config: dict[str, Any] | None = None,
+            label: str | None = None) -> dict[str, Any]:
+    """Time ``steps`` training steps after ``warmup`` untimed ones; one result row.
+
+    ``config`` (a loaded training config) replaces the shipped FAMILY_PIPELINE one.
+    """
     torch.manual_seed(0)
-    spotter, config = spotter_for(family, pipeline, quick)
+    config = config or load_config(f"{family}_{pipeline}")
+    spotter, config = spotter_for(config, quick)
     spotter = spotter.to(device).train()
     batch = batch_size or config["data"]["batch_size"]
     rate = spotter.sample_rate
@@ -95,6 +122,7 @@ def measure(family: str, pipeline: str, device: str, quick: bool, steps: int, wa
     return {
         "family": family,
         "pipeline": pipeline,
+        "label": label or f"{family} {pipeline}",
         "device": device,
         "params": sum(p.numel() for p in spotter.model.parameters()),
         "batch_size": batch,
@@ -110,14 +138,15 @@ def measure(family: str, pipeline: str, device: str, quick: bool, steps: int, wa
 
 def print_table(rows: list[dict[str, Any]], devices: list[str]) -> None:
     """One line per model, one samples/s column per device."""
-    by_model: dict[tuple[str, str], dict[str, Any]] = {}
+    by_model: dict[str, dict[str, Any]] = {}
     for row in rows:
-        by_model.setdefault((row["family"], row["pipeline"]), {})[row["device"]] = row
-    head = f"{'model':<6} {'pipeline':<8} {'params':>9} {'batch':>5} {'L':>6}"
+        by_model.setdefault(row["label"], {})[row["device"]] = row
+    width = max(15, *(len(label) for label in by_model))
+    head = f"{'model':<{width}} {'params':>9} {'batch':>5} {'L':>6}"
     print(head + "".join(f" {d + ' samples/s':>18}" for d in devices))
-    for (family, pipeline), per_device in by_model.items():
+    for label, per_device in by_model.items():
         any_row = next(iter(per_device.values()))
-        line = (f"{family:<6} {pipeline:<8} {any_row['params']:>9,} {any_row['batch_size']:>5} "
+        line = (f"{label:<{width}} {any_row['params']:>9,} {any_row['batch_size']:>5} "
                 f"{any_row['time_steps']:>6}")
         for device in devices:
             row = per_device.get(device)
@@ -131,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated devices, e.g. cpu or cuda or cpu,cuda")
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--pipelines", default=",".join(PIPELINES))
+    parser.add_argument("--config", action=ConfigAction, dest="configs", metavar="CONFIG",
+                        help="time this training config (path or shipped name) instead; "
+                             "repeatable")
+    parser.add_argument("--set", action=ConfigAction, dest="configs", metavar="KEY=VALUE",
+                        help="override for the --config before it, e.g. model.d_model=64")
     parser.add_argument("--quick", action="store_true", help="tiny models and clips")
     parser.add_argument("--steps", type=int, help="timed steps (default 3 on CPU, 20 on GPU)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
@@ -153,15 +187,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    rows = []
-    for family in families:
-        for pipeline in pipelines:
-            for device in devices:
-                steps = args.steps or (20 if device.startswith("cuda") else 3)
-                if args.quick:
-                    steps = args.steps or 1
-                rows.append(measure(family, pipeline, device, args.quick, steps, args.warmup,
-                                    args.batch_size))
+    rows: list[dict[str, Any]] = []
+
+    def done(row: dict[str, Any]) -> None:
+        """Keep the row and say so at once: a CPU run of the raw models takes minutes."""
+        rows.append(row)
+        print(f"  {row['label']} on {row['device']}: {row['samples_per_second']} samples/s, "
+              f"{row['cpu_seconds_per_step']} CPU s/step", file=sys.stderr, flush=True)
+
+    for device in devices:
+        steps = args.steps or (20 if device.startswith("cuda") else 3)
+        if args.quick:
+            steps = args.steps or 1
+        for name, sets in args.configs or []:
+            config = load_config(name, sets)
+            family, pipeline = config["model"]["name"], config["features"].get("kind", "mfcc")
+            label = " ".join([Path(name).stem, *sets])
+            done(measure(family, pipeline, device, args.quick, steps, args.warmup,
+                         args.batch_size, config, label))
+        if args.configs:
+            continue
+        for family in families:
+            for pipeline in pipelines:
+                done(measure(family, pipeline, device, args.quick, steps, args.warmup,
+                             args.batch_size))
     print(f"training throughput (forward + backward + AdamW), torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads" + (", quick shapes" if args.quick else ""))
     print_table(rows, devices)

@@ -35,7 +35,7 @@ from kws.evaluation.evaluate import (
     sweep,
 )
 from kws.evaluation.options import parse_rates
-from kws.evaluation.report import ModelRecord, markdown_table, model_card, table_row
+from kws.evaluation.report import ModelRecord, markdown_table, model_card, portable, table_row
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SC12 = list(TASKS["sc12"])
@@ -448,3 +448,13 @@ def test_kws_eval_on_real_test_set_clips(dev_root, tmp_path, capsys):
     for result in entry["results"]:
         counts = np.array(result["confusion"])
         assert counts.sum() == 48 and counts[:, BIASED_CLASS].sum() == 48
+
+
+def test_cards_write_paths_in_and_beside_the_checkout_relative_to_it(tmp_path):
+    repo = tmp_path / "kws"
+    command = (f"kws eval {repo}/models/a.pt --data {tmp_path}/shared/data/dev "
+               f"--json /elsewhere/out.json")
+    assert portable(command, repo) == (
+        "kws eval models/a.pt --data ../shared/data/dev --json /elsewhere/out.json"
+    )
+    assert portable(None, repo) is None

@@ -630,12 +630,17 @@ def test_bench_stream_script_quick(tiny, tmp_path):
     spec.loader.exec_module(bench)
     out = tmp_path / "rtf.json"
     assert bench.main([str(onnx_path), "--quick", "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert report["rounds"] == 2 and "--quick" in report["command"]
     assert [r["threads"] for r in rows] == [1, 2]
     for r in rows:
-        assert r["onnx_rtf"] > 0 and r["torch_rtf"] > 0 and r["detector_rtf"] > 0
-        ratio = r["torch_ms_per_chunk"] / r["onnx_ms_per_chunk"]
-        assert r["torch_over_onnx"] == pytest.approx(ratio)
+        for column in bench.COLUMNS:  # bare run, step with 1 and 2 copies, detector, torch
+            assert r[f"{column}_cpu_ms"] >= r[f"{column}_cpu_ms_min"] > 0
+            assert r[f"{column}_rtf"] == pytest.approx(r[f"{column}_cpu_ms"] / 10.0)
+        assert r["step1_over_run"] == pytest.approx(r["step1_cpu_ms"] / r["run_cpu_ms"])
+        assert r["torch_over_step1"] == pytest.approx(r["torch_cpu_ms"] / r["step1_cpu_ms"])
+        assert len(r["load_1min"]) == 2
     assert bench.main(["--export-dir", str(tmp_path)]) == 1  # no exports there: says so
 
 

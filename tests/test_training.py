@@ -25,7 +25,7 @@ from kws.data.speech_commands import SC10, SILENCE, TASKS, UNKNOWN, which_set
 from kws.training.checkpoint import load_spotter, read_checkpoint
 from kws.training.config import CONFIG_DIR, ConfigError, load_config, parse_set
 from kws.training.datamodule import EpochKeyed, EpochSampler, SpeechCommandsDataModule
-from kws.training.module import build_spotter, warmup_cosine
+from kws.training.module import build_spotter, spec_augment, warmup_cosine
 from kws.training.train import resolve_precision, train
 
 RATE, SECONDS = 8000, 0.25
@@ -79,6 +79,7 @@ def config_path(data_root, tmp_path_factory) -> Path:
                  "batch_size": 16, "num_workers": 0,
                  "augment": {"shift_ms": 20.0, "noise_prob": 0.5, "snr_db": [10.0, 20.0]}},
         "features": {"kind": "mfcc", "sample_rate": RATE},
+        "spec_augment": {"freq_masks": 1, "max_bands": 4, "time_masks": 1, "max_frames": 5},
         "model": {"name": "tcn", "d_model": 16},
         "optim": {"lr": 0.02, "warmup_epochs": 0.5},
         "trainer": {"max_epochs": 5, "patience": 0, "checkpoint_every_n_steps": 4,
@@ -137,6 +138,8 @@ def test_config_defaults_overrides_and_types(config_path):
         (["trainer.progress_bar=1"], r"progress_bar must be true or false"),
         (["optim.label_smoothing=1.5"], r"label_smoothing must be in \[0, 1\)"),
         (["optim=3"], r"optim must be a mapping"),
+        (["spec_augment.time_masks=-1"], r"spec_augment values must be >= 0"),
+        (["features.kind=raw"], r"spec_augment .* needs features.kind: mfcc"),
         (["lr"], r"expected section.key=value"),
     ],
 )
@@ -157,7 +160,7 @@ def test_config_file_errors(tmp_path):
 def test_shipped_configs_build_their_spotters():
     names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
     expected = {f"{m}_{p}" for m in ("s4", "s4d", "tcn", "lstm") for p in ("raw", "mfcc")}
-    assert expected | {"tiny_mfcc"} == set(names)
+    assert expected | {"tiny_mfcc", "s4_raw_pool"} == set(names)
     have_s4 = (REPO / "kws" / "models" / "s4.py").is_file()
     for name in names:
         config = load_config(name)
@@ -166,6 +169,33 @@ def test_shipped_configs_build_their_spotters():
         spotter = build_spotter(config, list(TASKS[config["data"]["task"]]))
         assert spotter.feature_config.kind == name.split("_")[1]
         assert spotter.model.family == config["model"]["name"]
+
+
+def test_spec_augment_masks_whole_bands_and_frames_with_the_clip_mean():
+    log_mel = torch.randn(4, 98, 40) * 10 - 50
+    torch.manual_seed(1)
+    masked = spec_augment(log_mel, freq_masks=2, max_bands=8, time_masks=2, max_frames=10)
+    torch.manual_seed(1)
+    again = spec_augment(log_mel, freq_masks=2, max_bands=8, time_masks=2, max_frames=10)
+    assert torch.equal(masked, again)  # the global generator decides: resumable
+    changed = masked != log_mel
+    assert changed.any()
+    for clip in range(4):
+        band_cols = changed[clip].all(dim=0)  # bands masked in every frame
+        frame_rows = changed[clip].all(dim=1)  # frames masked in every band
+        assert int(band_cols.sum()) <= 16 and int(frame_rows.sum()) <= 20
+        # every changed cell lies in a masked band or frame and holds the clip's mean
+        assert torch.equal(changed[clip], band_cols[None, :] | frame_rows[:, None])
+        torch.testing.assert_close(masked[clip][changed[clip]],
+                                   log_mel[clip].mean().expand(int(changed[clip].sum())))
+    assert torch.equal(spec_augment(log_mel, 0, 8, 0, 10), log_mel)
+
+
+def test_cepstra_of_the_log_mel_are_the_frontend_features():
+    config = load_config(CONFIG_DIR / "s4_mfcc.yaml")
+    frontend = build_spotter(config, list(TASKS["sc12"])).frontend
+    wave = torch.from_numpy(tone(440.0, 1.0, 16000)).float()[None]
+    torch.testing.assert_close(frontend.cepstra(frontend.log_mel(wave)), frontend(wave))
 
 
 def test_precision_is_32_on_cpu_and_bf16_on_a_bf16_gpu(monkeypatch):

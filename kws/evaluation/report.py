@@ -114,6 +114,21 @@ def collect(models_dir: str | Path | None, reports: Sequence[str | Path] = ()) -
 # -- the results table -----------------------------------------------------------------------
 
 
+#: the checkout these cards live in; paths beside it are written relative to it
+REPO = Path(__file__).resolve().parents[2]
+
+
+def portable(text: str | None, repo: Path = REPO) -> str | None:
+    """``text`` with absolute paths in or beside the checkout made relative to it.
+
+    Cards are read from any clone: ``/home/me/kws/runs/x`` becomes ``runs/x`` and the
+    data set beside the checkout, ``/home/me/shared/data``, becomes ``../shared/data``.
+    """
+    if text is None:
+        return None
+    return text.replace(f"{repo}/", "").replace(f"{repo.parent}/", "../")
+
+
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f}%"
 
@@ -141,7 +156,7 @@ def table_row(record: ModelRecord) -> dict[str, Any]:
         "min_acc": worst[0] if worst else None,
         "min_rate": worst[1] if worst else None,
         "resampler": entry.get("resampler"),
-        "command": entry.get("command"),
+        "command": portable(entry.get("command")),
     }
 
 
@@ -198,7 +213,7 @@ def _facts(values: dict[str, Any]) -> list[str]:
             value = _seconds(value) if value < 60 else f"{_seconds(value)} ({value:g} s)"
         elif isinstance(value, float):
             value = f"{value:.4g}"
-        bullets.append(f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}")
+        bullets.append(f"- {key}: `{portable(value)}`" if key == "command" else f"- {key}: {value}")
     return bullets
 
 
@@ -230,7 +245,7 @@ def model_card(record: ModelRecord) -> str:
     split = entry.get("split") or {}
     if split:
         out.append(
-            f"- evaluated on: the {split.get('name')} split of `{split.get('data')}`, "
+            f"- evaluated on: the {split.get('name')} split of `{portable(split.get('data'))}`, "
             f"{split.get('n_clips')} clips, {split.get('n_speakers')} speakers "
             f"({split.get('rule')})"
         )
@@ -256,7 +271,7 @@ def model_card(record: ModelRecord) -> str:
     commands = [("train", train.get("command")), ("evaluate", entry.get("command"))]
     if any(cmd for _, cmd in commands):
         out += ["", "## Commands", ""]
-        out += [f"- {what}: `{cmd}`" for what, cmd in commands if cmd]
+        out += [f"- {what}: `{portable(cmd)}`" for what, cmd in commands if cmd]
     return "\n".join(out) + "\n"
 
 

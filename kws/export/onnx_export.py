@@ -24,7 +24,7 @@ only), so they cost nothing per call. What costs is the work per call, and, with
 one MFCC frame per 10-ms step, the number of nodes (1-2 us each here).
 ``benchmarks/bench_stream.py``, one thread, side by side on the shared 2-core
 machine, CPU ms per 10-ms chunk through ``OnnxStepBackend`` (untrained models;
-the backend's Python adds ~0.04 ms):
+measured before the backend bound its buffers once; it now adds nothing):
 
 =================================  ======  =====
 model                              before  after

@@ -119,6 +119,13 @@ class MFCCFrontend(Frontend):
         log_mel, dct = self._log_mel(wave, cfg)
         return ((log_mel - REF_DB) / SCALE_DB) @ dct
 
+    def cepstra(self, log_mel: Tensor) -> Tensor:
+        """(B, L, n_mels) log-mel at the trained rate -> the normalised MFCC ``forward`` gives.
+
+        Lets training edit the log-mel bands (SpecAugment) before the DCT.
+        """
+        return ((log_mel - REF_DB) / SCALE_DB) @ self.dct.to(log_mel.dtype)
+
     def log_mel(self, wave: Tensor, sample_rate: int | None = None) -> Tensor:
         """(B, T) -> (B, L, n_mels) log band energies in dB, before normalisation."""
         return self._log_mel(wave, self.checked_config(wave, sample_rate))[0]

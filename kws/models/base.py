@@ -9,7 +9,9 @@ share weights:
   carries a list of real tensors as state (complex state is stored as real/imag
   pairs so that the step exports to ONNX).
 
-Concatenating ``step`` outputs over a clip equals ``features`` on the clip.
+Concatenating ``step`` outputs over a clip equals ``features`` on the clip. A
+model that pools in time (``time_pool`` > 1) emits one output per ``time_pool``
+steps and streams in chunks that are whole multiples of it.
 Clip logits are ``classify(features(x).mean(1))``: mean pooling over time, as
 in the S4 paper; the streaming engine pools over a sliding window instead.
 
@@ -43,7 +45,7 @@ class KWSModel(nn.Module):
         self.config: dict[str, Any] = {}
 
     def features(self, x: Tensor, rate_factor: float = 1.0) -> Tensor:
-        """(B, L, C) -> (B, L, H), causal unless the model says otherwise."""
+        """(B, L, C) -> (B, L // time_pool, H), causal unless the model says otherwise."""
         raise NotImplementedError
 
     def initial_state(self, batch: int) -> State:
@@ -72,6 +74,11 @@ class KWSModel(nn.Module):
             {"params": decay, "lr": lr, "weight_decay": weight_decay},
             {"params": no_decay, "lr": lr, "weight_decay": 0.0},
         ]
+
+    @property
+    def time_pool(self) -> int:
+        """Input steps per output step; models that pool in time override it."""
+        return 1
 
     @property
     def n_parameters(self) -> int:

@@ -14,6 +14,12 @@ Sample rate. ``rate_factor`` = trained_rate / input_rate multiplies dt, and the
 kernel is built for the input's length, so a model trained at 16 kHz runs at any
 rate without retraining (S4's zero-shot resampling result).
 
+Pooling in time (SaShiMi-style). ``pool`` gives each block a factor: after block i
+the sequence is mean-pooled over groups of pool[i] steps, so later blocks run at a
+lower rate and a raw model trains several times faster. ``rate_factor`` still
+multiplies dt in every block: a pooled step at 8 kHz spans twice the time of one at
+16 kHz, exactly as a sample does, so the same factor keeps every block's timescales.
+
 A, B and P are shared by the H channels of a layer and each channel has its own
 dt and C, as in the S4 reference configuration for Speech Commands (``n_ssm: 1``):
 that is what gives the paper's model its size of about 0.3M parameters.
@@ -224,6 +230,7 @@ class S4Classifier(KWSModel):
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         ssm_lr: float = 1e-3,
+        pool: list[int] | None = None,
     ):
         check_arguments(d_model, d_state, kernel, dt_min, dt_max)
         if in_channels < 1 or n_classes < 1 or n_layers < 1:
@@ -235,6 +242,7 @@ class S4Classifier(KWSModel):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if not ssm_lr > 0:
             raise ValueError(f"ssm_lr must be positive, got {ssm_lr}")
+        check_pool(pool, n_layers)
         super().__init__(in_channels, n_classes, d_model)
         self.family = "s4" if kernel == "dplr" else "s4d"
         self.kernel, self.bidirectional, self.ssm_lr = kernel, bidirectional, ssm_lr
@@ -250,6 +258,8 @@ class S4Classifier(KWSModel):
             S4Block(d_model, dropout, **layer_args) for _ in range(n_layers)
         )
         self.norm = nn.LayerNorm(d_model)
+        #: per block, the mean-pooling factor applied after it (1: none)
+        self.pool = [int(p) for p in pool] if pool is not None else [1] * n_layers
         self.config = {
             "family": self.family,
             "in_channels": in_channels,
@@ -264,13 +274,30 @@ class S4Classifier(KWSModel):
             "dt_max": dt_max,
             "ssm_lr": ssm_lr,
         }
+        if pool is not None:  # only when set: configs from before pooling stay as they were
+            self.config["pool"] = list(self.pool)
+
+    @property
+    def time_pool(self) -> int:
+        """Input steps per output step: the product of the pooling factors."""
+        return math.prod(self.pool)
 
     def features(self, x: Tensor, rate_factor: float = 1.0) -> Tensor:
-        """(B, L, C) -> (B, L, H)."""
+        """(B, L, C) -> (B, L // time_pool, H).
+
+        Where a stage's length is not a multiple of its factor, the last incomplete
+        group is dropped: an output step only ever averages whole groups of past
+        steps (causal), and a stream of whole-group chunks sees the same groups.
+        """
         self._check_input(x, rate_factor)
+        if self.time_pool > 1 and x.shape[1] < self.time_pool:
+            raise ValueError(
+                f"input of {x.shape[1]} steps is shorter than the model's pooling "
+                f"{self.time_pool} (pool={self.pool}): it would give no output step"
+            )
         h = self.encoder(x)
-        for block in self.blocks:
-            h = block(h, rate_factor)
+        for block, factor in zip(self.blocks, self.pool, strict=True):
+            h = mean_pool(block(h, rate_factor), factor)
         return self.norm(h)
 
     def initial_state(self, batch: int) -> State:
@@ -278,16 +305,27 @@ class S4Classifier(KWSModel):
         return [block.ssm.initial_state(batch) for block in self.blocks]
 
     def step(self, x: Tensor, state: State, rate_factor: float = 1.0) -> tuple[Tensor, State]:
-        """(B, K, C) chunk -> ((B, K, H), new state); any K, with a few tensor ops per layer."""
+        """(B, K, C) chunk -> ((B, K // time_pool, H), new state), a few tensor ops per layer.
+
+        Any K without pooling; with it, K must be a multiple of ``time_pool``, so that
+        every chunk starts on a group boundary at every stage and no partial group has
+        to be carried in the state.
+        """
         if self.bidirectional:
             raise RuntimeError(NO_STREAMING)
         self._check_input(x, rate_factor)
         if len(state) != len(self.blocks):
             raise ValueError(f"state has {len(state)} tensors, the model {len(self.blocks)} layers")
+        if x.shape[1] % self.time_pool:
+            raise ValueError(
+                f"a streamed chunk must be a multiple of the model's pooling {self.time_pool} "
+                f"steps (pool={self.pool}), got {x.shape[1]}"
+            )
         h = self.encoder(x)
         new_state = []
-        for block, s in zip(self.blocks, state, strict=True):
+        for block, s, factor in zip(self.blocks, state, self.pool, strict=True):
             h, s = block.step(h, s, rate_factor)
+            h = mean_pool(h, factor)
             new_state.append(s)
         return self.norm(h), new_state
 
@@ -328,6 +366,7 @@ class S4Classifier(KWSModel):
             f"{cfg['n_layers']} layers, d_model={self.d_model}, d_state={cfg['d_state']}, "
             f"{'bidirectional (no streaming)' if self.bidirectional else 'causal'}, "
             f"dt init in [{cfg['dt_min']:g}, {cfg['dt_max']:g}]"
+            + (f", pool {self.pool} (1/{self.time_pool} rate out)" if "pool" in cfg else "")
         )
 
     def _check_input(self, x: Tensor, rate_factor: float) -> None:
@@ -357,6 +396,28 @@ def check_arguments(d_model: int, d_state: int, kernel: str, dt_min: float, dt_m
         raise ValueError(f"d_state must be even and >= 2 (conjugate pairs), got {d_state}")
     if not 0 < dt_min <= dt_max:
         raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+
+
+def check_pool(pool: list[int] | None, n_layers: int) -> None:
+    """``pool`` is None or one integer factor >= 1 per layer."""
+    if pool is None:
+        return
+    if not isinstance(pool, (list, tuple)) or len(pool) != n_layers:
+        raise ValueError(
+            f"pool must be a list of one factor per layer ({n_layers}), got {pool!r}"
+        )
+    for factor in pool:
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 1:
+            raise ValueError(f"pool factors must be integers >= 1, got {pool!r}")
+
+
+def mean_pool(h: Tensor, factor: int) -> Tensor:
+    """(B, L, H) -> (B, L // factor, H): the mean of each whole group of ``factor`` steps."""
+    if factor == 1:
+        return h
+    groups, channels = int(h.shape[1]) // factor, int(h.shape[2])
+    # -1 for the batch: the ONNX trace keeps it dynamic (only the batch axis is)
+    return h[:, : groups * factor].reshape(-1, groups, factor, channels).mean(dim=2)
 
 
 def _float32(x: Tensor) -> contextlib.AbstractContextManager:

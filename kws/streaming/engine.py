@@ -110,8 +110,14 @@ class ResetSchedule:
                 )
         self.copies, self.period, self.window = copies, period_chunks, window_chunks
         self.offsets = [i * period_chunks // copies for i in range(copies)] if period_chunks else []
-        self.ages = np.zeros(copies, dtype=np.int64)
+        # a list, not an array: with two copies numpy's per-call cost is all there is
+        self._ages = [0] * copies
         self.chunk = 0
+
+    @property
+    def ages(self) -> np.ndarray:
+        """Chunks since each copy's last reset."""
+        return np.array(self._ages, dtype=np.int64)
 
     def due(self) -> list[int]:
         """Copies to reset before the next chunk (never at chunk 0: all start fresh)."""
@@ -124,16 +130,18 @@ class ResetSchedule:
 
     def advance(self, reset: Iterable[int]) -> None:
         """Record one chunk processed after resetting the copies in ``reset``."""
+        ages = self._ages
         for i in reset:
-            self.ages[i] = 0
-        self.ages += 1
+            ages[i] = 0
+        self._ages = [age + 1 for age in ages]
         self.chunk += 1
 
     def pick(self) -> int:
-        covered = np.flatnonzero(self.ages >= self.window)
-        if covered.size == 0:
-            return int(np.argmax(self.ages))
-        return int(covered[np.argmin(self.ages[covered])])
+        ages = self._ages
+        covered = [(age, i) for i, age in enumerate(ages) if age >= self.window]
+        if not covered:
+            return ages.index(max(ages))  # the first oldest
+        return min(covered)[1]  # the youngest, the first of equals
 
 
 class EventDecoder:
@@ -171,7 +179,9 @@ class EventDecoder:
         """Add the posteriors that end at ``time_s``; return the event that fires, if any."""
         self.history[self.seen % self.smoothing_chunks] = posteriors
         self.seen += 1
-        self.smoothed = self.history[: min(self.seen, self.smoothing_chunks)].mean(axis=0)
+        filled = self.history[: min(self.seen, self.smoothing_chunks)]
+        # mean(axis=0) bit for bit, without its Python wrapper
+        self.smoothed = np.add.reduce(filled, axis=0) / len(filled)
         above = self.smoothed >= self.thresholds
         rising = above & self.armed
         # a keyword that is above its threshold now must fall below before it fires again
@@ -246,12 +256,13 @@ def as_float32(audio: Any, what: str = "audio") -> np.ndarray:
         raise ValueError(f"{what} must be mono, shape (samples,), got shape {audio.shape}")
     if audio.dtype == np.int16:
         return audio.astype(np.float32) / 32768.0
-    if not np.issubdtype(audio.dtype, np.floating):
-        raise TypeError(
-            f"{what} must be float32/float64 in [-1, 1] or int16 PCM, got dtype {audio.dtype}"
-        )
-    audio = audio.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(audio)):
+    if audio.dtype != np.float32:  # float32, the common case, skips the slower dtype test
+        if not np.issubdtype(audio.dtype, np.floating):
+            raise TypeError(
+                f"{what} must be float32/float64 in [-1, 1] or int16 PCM, got dtype {audio.dtype}"
+            )
+        audio = audio.astype(np.float32)
+    if not np.isfinite(audio).all():
         raise ValueError(f"{what} holds {int(np.sum(~np.isfinite(audio)))} NaN or Inf samples")
     return audio
 
@@ -361,10 +372,11 @@ class StreamingDetector:
         return np.array(self._trace).reshape(-1, len(self.labels))
 
     def _step(self, chunk: np.ndarray) -> Event | None:
+        """One model chunk; ``feed`` has checked the audio, so the backend need not."""
         due = self.schedule.due()
         for copy in due:
             self.backend.reset(copy)
-        logits = self.backend.step(chunk)
+        logits = self.backend.step_trusted(chunk)
         self.schedule.advance(due)
         self.raw_posteriors = softmax(logits[self.schedule.pick()].astype(np.float64))
         if self.record:

@@ -27,6 +27,11 @@ chunks, a ``delay`` state holds back ``delay_frames`` frames to make them one.
 The window is exactly the clip's 98 frames, so a chunk must split them evenly
 (10, 20 or 70 ms, not 40 ms, at 10 ms hops).
 Raw audio has none of this: one step per sample, no delay, no skipped chunks.
+
+Pooled models. A model that pools in time (S4 with ``pool``) emits one output per
+``time_pool`` steps, so a chunk must be a whole number of its groups (160 raw
+samples at 16 kHz and 80 at 8 kHz both split into groups of 16) and the window
+divides by the clip's ``clip_frames // time_pool`` outputs, not its steps.
 """
 
 from __future__ import annotations
@@ -40,14 +45,17 @@ from torch import Tensor, nn
 from kws.features import FeatureConfig
 
 
-def chunk_plan(cfg: FeatureConfig, chunk_ms: float, clip_samples: int) -> dict[str, int]:
+def chunk_plan(
+    cfg: FeatureConfig, chunk_ms: float, clip_samples: int, time_pool: int = 1
+) -> dict[str, int]:
     """How ``chunk_ms`` chunks line up with ``cfg``'s framing and a clip; ValueError if they cannot.
 
     Returns chunk_samples, clip_samples, frames_per_chunk (K, the model's step),
     clip_frames, window_chunks, lead_frames (frames before the stream, skipped),
     lead_chunks, delay_samples (extra frontend delay that puts frame ends on chunk
-    boundaries) and delay_frames (extra feature delay that makes lead_frames a
-    whole number of chunks).
+    boundaries), delay_frames (extra feature delay that makes lead_frames a
+    whole number of chunks), time_pool (model steps per model output) and
+    window_outputs (model outputs in one clip, what the window's sum divides by).
     """
     rate = cfg.sample_rate
     exact = chunk_ms * rate / 1000
@@ -73,6 +81,12 @@ def chunk_plan(cfg: FeatureConfig, chunk_ms: float, clip_samples: int) -> dict[s
             f"could not be exactly one clip; use chunk_ms in "
             f"{', '.join(f'{ms:g}' for ms in fits[:6])}"
         )
+    if frames_per_chunk % time_pool:
+        raise ValueError(
+            f"chunk_ms={chunk_ms:g} gives {frames_per_chunk} steps per chunk, which is not a "
+            f"whole number of the model's pooling groups of {time_pool} steps; use a chunk "
+            f"of a multiple of {time_pool * hop * 1000 / rate:g} ms"
+        )
     ahead = -(-win // hop)  # hops that one window spans, rounded up
     lead_frames = ahead - 1
     delay_frames = -lead_frames % frames_per_chunk
@@ -86,6 +100,8 @@ def chunk_plan(cfg: FeatureConfig, chunk_ms: float, clip_samples: int) -> dict[s
         "lead_chunks": (lead_frames + delay_frames) // frames_per_chunk,
         "delay_samples": ahead * hop - win,
         "delay_frames": delay_frames,
+        "time_pool": time_pool,
+        "window_outputs": clip_frames // time_pool,
     }
 
 
@@ -122,12 +138,18 @@ class StreamingSpotter(nn.Module):
         self.frontend = spotter.frontend
         self.model = spotter.model
         self.labels = list(spotter.labels)
-        plan = chunk_plan(self.feature_config, chunk_ms, spotter.clip_samples(self.sample_rate))
+        plan = chunk_plan(
+            self.feature_config,
+            chunk_ms,
+            spotter.clip_samples(self.sample_rate),
+            self.model.time_pool,
+        )
         self.plan = plan
         self.chunk_samples = plan["chunk_samples"]
         self.clip_samples = plan["clip_samples"]
         self.window_chunks = plan["window_chunks"]
-        self.window_frames = plan["clip_frames"]
+        #: model outputs in one clip: the window's sum divided by this is the clip's mean
+        self.window_frames = plan["window_outputs"]
         self.lead_chunks = plan["lead_chunks"]
         self._model_axes = [
             batch_axis(a, b, f"{self.model.family} state {i}")

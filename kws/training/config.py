@@ -5,6 +5,7 @@ JSON-able). Sections:
 
 * ``data``: where the clips are and how they are batched and augmented;
 * ``features``: the FeatureConfig fields (checked by ``FeatureConfig.from_dict``);
+* ``spec_augment``: band and frame masks on MFCC training batches (SpecAugment);
 * ``model``: ``name`` (the family) plus constructor overrides (checked by ``build_model``);
 * ``optim``: AdamW, the S4 SSM learning rate, warm-up, label smoothing, clipping;
 * ``trainer``: what Lightning's Trainer gets, plus early stopping and checkpointing;
@@ -41,6 +42,8 @@ DEFAULTS: dict[str, Any] = {
         "augment": {"shift_ms": 100.0, "noise_prob": 0.8, "snr_db": [0.0, 20.0], "speed": None},
     },
     "features": {"kind": "mfcc"},
+    # SpecAugment on the log-mel bands of MFCC training batches (0 masks: off).
+    "spec_augment": {"freq_masks": 0, "max_bands": 8, "time_masks": 0, "max_frames": 10},
     "model": {"name": "s4d"},
     "optim": {
         "lr": 0.01,
@@ -199,6 +202,14 @@ def check_config(config: dict[str, Any], source: str) -> None:
     if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
                                 or minutes <= 0):
         raise ConfigError(f"{source}: trainer.max_minutes must be a positive number or null")
+    spec = config["spec_augment"]
+    if min(spec.values()) < 0:
+        raise ConfigError(f"{source}: spec_augment values must be >= 0, got {spec}")
+    if (spec["freq_masks"] or spec["time_masks"]) and config["features"]["kind"] != "mfcc":
+        raise ConfigError(
+            f"{source}: spec_augment masks log-mel bands and frames, so it needs "
+            f"features.kind: mfcc (got {config['features']['kind']!r}); set its masks to 0"
+        )
     if trainer["patience"] < 0 or trainer["checkpoint_every_n_steps"] < 0:
         raise ConfigError(f"{source}: trainer.patience and checkpoint_every_n_steps must be >= 0")
 

@@ -8,6 +8,10 @@ Lightning's Trainer runs the loop; this file only says what one step is.
 * Optimizer: AdamW over the model's ``param_groups`` (S4/S4D SSM parameters get
   ``optim.ssm_lr``, passed to the model, and no weight decay), with a linear
   warm-up then a cosine decay to zero, stepped every batch.
+* SpecAugment (``spec_augment``, MFCC only, training batches only): random
+  log-mel bands and frames are set to the clip's mean level before the DCT, so the
+  model cannot lean on any one band or instant -- the usual cure for a small
+  speaker pool. Masking MFCC coefficients instead would smear every band.
 * Dropout draws from torch's global generator, which Lightning does not restore on
   resume; it is re-seeded from (seed, global step, rank) before every step, so
   dropout masks, like the data order, depend only on where training is.
@@ -72,6 +76,29 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
     return factor
 
 
+def spec_augment(
+    log_mel: Tensor, freq_masks: int, max_bands: int, time_masks: int, max_frames: int
+) -> Tensor:
+    """(B, L, n_mels) -> a copy with masked bands and frames, each mask drawn per clip.
+
+    A mask has a width drawn from [0, max] and a uniform start; masked cells take the
+    clip's mean log energy. Draws come from torch's global generator, which the module
+    re-seeds every step, so a resumed run masks the same cells.
+    """
+    batch, frames, bands = log_mel.shape
+    fill = log_mel.mean(dim=(1, 2), keepdim=True).expand_as(log_mel)
+    masked = torch.zeros_like(log_mel, dtype=torch.bool)
+    for count, widest, size, axis in ((freq_masks, max_bands, bands, 2),
+                                      (time_masks, max_frames, frames, 1)):
+        positions = torch.arange(size, device=log_mel.device)
+        for _ in range(count):
+            width = torch.randint(0, min(widest, size) + 1, (batch, 1), device=log_mel.device)
+            start = (torch.rand(batch, 1, device=log_mel.device) * (size - width + 1)).long()
+            inside = (positions >= start) & (positions < start + width)  # (B, size)
+            masked |= inside.unsqueeze(3 - axis)  # bands (B, 1, n_mels), frames (B, L, 1)
+    return torch.where(masked, fill, log_mel)
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     """A 63-bit seed for the global generator at one optimizer step of one rank."""
     return (seed * 1_000_003 + step * 8191 + rank) % (2**63 - 1)
@@ -125,7 +152,13 @@ class KWSLightningModule(L.LightningModule):
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         wave, target = batch
-        logits = self.spotter(wave)
+        spec = self.config.get("spec_augment") or {}
+        if stage == "train" and (spec.get("freq_masks") or spec.get("time_masks")):
+            frontend = self.spotter.frontend
+            log_mel = spec_augment(frontend.log_mel(wave), **spec)
+            logits = self.spotter.model(frontend.cepstra(log_mel))
+        else:
+            logits = self.spotter(wave)
         loss = self.criterion(logits.float(), target)
         mean_loss, accuracy = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
         mean_loss(loss.detach(), len(target))
@@ -262,4 +295,4 @@ class KWSLightningModule(L.LightningModule):
         self.val_metrics = dict(meta.get("metrics", {}))
 
 
-__all__ = ["KWSLightningModule", "build_spotter", "step_seed", "warmup_cosine"]
+__all__ = ["KWSLightningModule", "build_spotter", "spec_augment", "step_seed", "warmup_cosine"]

@@ -1,0 +1,218 @@
+"""S4 with pooling in time: shapes, the remainder rule, streaming, rate factor, ONNX export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kws.export.onnx_export import export_spotter
+from kws.export.verify import synthetic_clip
+from kws.features import FeatureConfig
+from kws.models import build_model, model_from_config
+from kws.models.s4 import S4Classifier
+from kws.spotter import KeywordSpotter
+from kws.streaming.step_model import StreamingSpotter, chunk_plan
+
+REPO = Path(__file__).resolve().parents[1]
+LABELS = ["yes", "no", "_unknown_", "_silence_"]
+TINY = {"d_model": 8, "d_state": 8, "n_layers": 2, "pool": [4, 4]}
+
+
+def pooled(kernel: str = "dplr", seed: int = 0, **overrides) -> S4Classifier:
+    torch.manual_seed(seed)
+    return S4Classifier(1, 4, kernel=kernel, **{**TINY, **overrides}).eval()
+
+
+def rel_err(got, want) -> float:
+    return float((got - want).abs().max() / want.abs().max())
+
+
+def spotter(**overrides) -> KeywordSpotter:
+    torch.manual_seed(0)
+    model = build_model("s4", 1, len(LABELS), pipeline="raw", **{**TINY, **overrides})
+    return KeywordSpotter(FeatureConfig("raw"), model, LABELS).eval()
+
+
+def test_features_and_step_shapes():
+    model = pooled(pool=[4, 2])
+    x = torch.randn(3, 800, 1)
+    with torch.no_grad():
+        assert model.features(x).shape == (3, 100, 8)
+        assert model(x).shape == (3, 4)
+        y, state = model.step(x[:, :160], model.initial_state(3))
+    assert y.shape == (3, 20, 8)
+    assert [tuple(s.shape) for s in state] == [(3, 8, 4, 2)] * 2
+    assert model.time_pool == 8 and model.config["pool"] == [4, 2]
+    assert "pool [4, 2]" in model.summary()
+
+
+def test_remainder_is_dropped_at_each_stage():
+    """pool [3, 2] on 23 steps: 7 groups of 3 (2 dropped), then 3 groups of 2 (1 dropped)."""
+    model = pooled(pool=[3, 2])
+    x = torch.randn(2, 23, 1)
+    with torch.no_grad():
+        longer, exact = model.features(x), model.features(x[:, :18])
+        assert longer.shape == (2, 3, 8)
+        # causal: the dropped tail never reaches an output
+        assert rel_err(longer, exact) < 1e-5
+        # and a different tail changes nothing either
+        other = torch.cat([x[:, :18], 5 * torch.randn(2, 5, 1)], dim=1)
+        assert rel_err(model.features(other), exact) < 1e-5
+        with pytest.raises(ValueError, match="shorter than the model's pooling 6"):
+            model.features(x[:, :5])
+
+
+def test_pooling_averages_groups():
+    """With a single block, pooling is the mean of the unpooled block outputs per group."""
+    torch.manual_seed(0)
+    flat = S4Classifier(1, 4, d_model=8, d_state=8, n_layers=1).eval()
+    grouped = S4Classifier(1, 4, d_model=8, d_state=8, n_layers=1, pool=[5]).eval()
+    grouped.load_state_dict(flat.state_dict())
+    x = torch.randn(2, 100, 1)
+    with torch.no_grad():
+        h = flat.blocks[0](flat.encoder(x))
+        want = flat.norm(h.reshape(2, 20, 5, 8).mean(2))
+        assert rel_err(grouped.features(x), want) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "pool, match",
+    [
+        ([4], "one factor per layer \\(2\\)"),
+        ([4, 0], "integers >= 1"),
+        ([4, 2.0], "integers >= 1"),
+        ([True, 2], "integers >= 1"),
+        (4, "one factor per layer"),
+    ],
+)
+def test_bad_pool_is_refused(pool, match):
+    with pytest.raises(ValueError, match=match):
+        S4Classifier(1, 4, d_model=8, d_state=8, n_layers=2, pool=pool)
+
+
+def test_step_needs_whole_groups():
+    model = pooled()
+    with pytest.raises(ValueError, match="multiple of the model's pooling 16 steps"):
+        model.step(torch.randn(1, 24, 1), model.initial_state(1))
+
+
+@pytest.mark.parametrize("kernel", ["dplr", "diag-lin"])
+@pytest.mark.parametrize("rate_factor", [1.0, 2.0])
+def test_step_equals_features(kernel, rate_factor):
+    model = pooled(kernel, pool=[4, 2])
+    x = torch.randn(2, 960, 1)
+    with torch.no_grad():
+        want = model.features(x, rate_factor)
+    for chunk in (8, 40, 160, 320):
+        got = model.stream(x, chunk, rate_factor)
+        assert got.shape == want.shape
+        assert rel_err(got, want) < 1e-4, chunk
+
+
+def test_rate_factor_two_on_decimated_smooth_audio_matches():
+    """A 16-kHz-trained pooled model on the same sound at 8 kHz with dt doubled.
+
+    At 8 kHz each output step covers two of the 16 kHz ones, so it is compared with
+    their mean; without the dt change (rate_factor 1) the error is five times larger.
+    """
+    model = pooled(d_model=16, d_state=16, pool=[4, 4], dt_min=1e-3, dt_max=2e-2)
+    t = torch.arange(16000) / 16000
+    wave = 0.4 * torch.sin(2 * torch.pi * 60 * t) + 0.3 * torch.sin(2 * torch.pi * 170 * t + 1)
+    x16, x8 = wave.reshape(1, -1, 1), wave[::2].reshape(1, -1, 1)
+    with torch.no_grad():
+        y16 = model.features(x16, 1.0)
+        y16_pairs = y16.reshape(1, -1, 2, 16).mean(2)
+        scaled = rel_err(model.features(x8, 2.0), y16_pairs)
+        unscaled = rel_err(model.features(x8, 1.0), y16_pairs)
+    assert y16.shape[1] == 1000
+    assert scaled < 0.08  # measured 0.051
+    assert unscaled > 3 * scaled  # measured 0.249
+
+
+def test_config_without_pool_loads_unchanged():
+    torch.manual_seed(0)
+    old = S4Classifier(1, 4, d_model=8, d_state=8, n_layers=2).eval()
+    assert "pool" not in old.config and old.time_pool == 1
+    rebuilt = model_from_config(dict(old.config)).eval()
+    rebuilt.load_state_dict(old.state_dict())
+    x = torch.randn(2, 300, 1)
+    with torch.no_grad():
+        h = old.encoder(x)
+        for block in old.blocks:
+            h = block(h)
+        assert torch.equal(rebuilt.features(x), old.norm(h))
+    with_pool = model_from_config({**old.config, "pool": [2, 2]})
+    assert with_pool.time_pool == 4 and with_pool.config["pool"] == [2, 2]
+
+
+def test_shipped_raw_checkpoint_still_loads():
+    from kws.training.checkpoint import load_spotter
+
+    path = REPO / "models" / "s4d_raw.pt"
+    if not path.is_file():
+        pytest.skip(f"{path} not shipped")
+    loaded, _ = load_spotter(path)
+    assert "pool" not in loaded.model.config and loaded.model.time_pool == 1
+    wave = torch.from_numpy(synthetic_clip(4000, 16000))[None]
+    with torch.no_grad():
+        assert loaded.model.features(loaded.frontend(wave)).shape[1] == 4000
+
+
+@pytest.mark.parametrize("rate", [16000, 8000])
+def test_streamed_clip_equals_clip_model(rate):
+    spot = spotter()
+    stream = StreamingSpotter(spot, chunk_ms=10, sample_rate=rate)
+    assert stream.window_frames == rate // 16  # one output per 16 samples
+    wave = torch.from_numpy(synthetic_clip(rate, rate))[None].repeat(2, 1)
+    wave[1] = wave[1].flip(0)
+    with torch.no_grad():
+        want = spot(wave, rate)
+    assert rel_err(stream.stream_clip(wave), want) < 1e-4
+
+
+def test_chunk_must_hold_whole_groups():
+    cfg = FeatureConfig("raw")
+    plan = chunk_plan(cfg, 10, 16000, time_pool=32)
+    assert (plan["frames_per_chunk"], plan["window_outputs"]) == (160, 500)
+    with pytest.raises(ValueError, match="pooling groups of 64 steps; use a chunk of a multiple "
+                                         "of 4 ms"):
+        chunk_plan(cfg, 10, 16000, time_pool=64)
+    with pytest.raises(ValueError, match="pooling groups of 32"):
+        StreamingSpotter(spotter(pool=[8, 4]), chunk_ms=10, sample_rate=8000)
+
+
+@pytest.mark.parametrize("rate", [16000, 8000])
+def test_streaming_onnx_export_of_a_pooled_raw_model(rate, tmp_path):
+    import onnxruntime as ort
+
+    spot = spotter()
+    clip = synthetic_clip(rate, rate)
+    spec = export_spotter(
+        spot, tmp_path / "pooled.onnx", streaming=True, sample_rate=rate,
+        check_audio=(clip, "synthetic"),
+    )
+    assert spec.parity["max_rel_err"] < 1e-4
+    assert spec.chunk_samples == rate // 100 and spec.window_chunks == 100
+    assert spec.model_config["pool"] == [4, 4]
+    # drive it from the sidecar alone and compare with torch's clip logits
+    sess = ort.InferenceSession(str(spec.onnx_path), providers=["CPUExecutionProvider"])
+    states = spec.initial_states(1)
+    outputs = [spec.logits_output, *[s.output for s in spec.states]]
+    for start in range(0, rate, spec.chunk_samples):
+        feed = {spec.audio_input: clip[None, start : start + spec.chunk_samples], **states}
+        logits, *nexts = sess.run(outputs, feed)
+        states = {s.name: v for s, v in zip(spec.states, nexts, strict=True)}
+    with torch.no_grad():
+        want = spot(torch.from_numpy(clip)[None], rate).numpy()
+    assert np.abs(logits - want).max() / np.abs(want).max() < 1e-4
+
+
+def test_clip_onnx_export_of_a_pooled_raw_model(tmp_path):
+    spec = export_spotter(
+        spotter(), tmp_path / "clip.onnx", sample_rate=8000,
+        check_audio=(synthetic_clip(8000, 8000), "synthetic"),
+    )
+    assert spec.kind == "clip" and spec.parity["max_rel_err"] < 1e-4
