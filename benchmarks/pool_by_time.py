@@ -1,10 +1,10 @@
-"""Zero-shot 8 kHz for a pooled raw S4: pool by samples (what kws does) or by time.
+"""Zero-shot 8 kHz for a pooled raw S4: pools that count samples or span time.
 
-A pooled model's factors count samples. At 8 kHz that makes every pool span twice
-the time it spanned in training, although every dt is doubled. Pooling by time
-instead halves the first factor at 8 kHz, so the later blocks see their trained
-rate again and only the blocks before it need dt doubled. This script scores both
-on the checkpoint's test split side by side.
+Counting samples, every pool at 8 kHz spans twice the time it spanned in training,
+although every dt is doubled. Spanning time (what kws does, ``pool_plan``), the
+first factor is halved at 8 kHz, so the later blocks see their trained rate again
+and only the blocks before it need dt doubled. This script scores both on the
+checkpoint's test split side by side, spelled out block by block.
 
     .venv/bin/python benchmarks/pool_by_time.py models/s4_raw_pool.pt \\
         --data ../shared/data/speech_commands_test_set_v0.02_dev

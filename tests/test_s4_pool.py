@@ -12,7 +12,7 @@ from kws.export.onnx_export import export_spotter
 from kws.export.verify import synthetic_clip
 from kws.features import FeatureConfig
 from kws.models import build_model, model_from_config
-from kws.models.s4 import S4Classifier
+from kws.models.s4 import S4Classifier, mean_pool
 from kws.spotter import KeywordSpotter
 from kws.streaming.step_model import StreamingSpotter, chunk_plan
 
@@ -112,24 +112,32 @@ def test_step_equals_features(kernel, rate_factor):
         assert rel_err(got, want) < 1e-4, chunk
 
 
-def test_rate_factor_two_on_decimated_smooth_audio_matches():
-    """A 16-kHz-trained pooled model on the same sound at 8 kHz with dt doubled.
+def test_pools_span_time_so_8_khz_output_lines_up_with_16_khz():
+    """A 16-kHz-trained pooled model on the same sound at 8 kHz (rate_factor 2).
 
-    At 8 kHz each output step covers two of the 16 kHz ones, so it is compared with
-    their mean; without the dt change (rate_factor 1) the error is five times larger.
+    The first pool takes 2 samples instead of 4, so the pooled sequence has the same
+    1-kHz rate as at 16 kHz and only block 1 needs dt doubled; its outputs match the
+    16 kHz ones step for step. Without the dt change the error is several times larger.
     """
     model = pooled(d_model=16, d_state=16, pool=[4, 4], dt_min=1e-3, dt_max=2e-2)
+    assert model.pool_plan(2.0) == [(2, 2.0), (4, 1.0)]
+    assert model.pool_plan(0.5) == [(8, 0.5), (4, 1.0)]  # 32 kHz
+    assert model.pool_plan(16000 / 11025) == [(4, 16000 / 11025)] * 2  # no pool fits
+    assert model.time_pool_at(2.0) == 8 and model.time_pool_at(1.0) == 16
     t = torch.arange(16000) / 16000
     wave = 0.4 * torch.sin(2 * torch.pi * 60 * t) + 0.3 * torch.sin(2 * torch.pi * 170 * t + 1)
     x16, x8 = wave.reshape(1, -1, 1), wave[::2].reshape(1, -1, 1)
     with torch.no_grad():
         y16 = model.features(x16, 1.0)
-        y16_pairs = y16.reshape(1, -1, 2, 16).mean(2)
-        scaled = rel_err(model.features(x8, 2.0), y16_pairs)
-        unscaled = rel_err(model.features(x8, 1.0), y16_pairs)
-    assert y16.shape[1] == 1000
-    assert scaled < 0.08  # measured 0.051
-    assert unscaled > 3 * scaled  # measured 0.249
+        y8 = model.features(x8, 2.0)
+        h = model.encoder(x8)  # the same pools without the dt change
+        for block, (factor, _) in zip(model.blocks, model.pool_plan(2.0), strict=True):
+            h = mean_pool(block(h, 1.0), factor)
+        unscaled = rel_err(model.norm(h), y16)
+    assert y16.shape[1] == y8.shape[1] == 1000
+    scaled = rel_err(y8, y16)
+    assert scaled < 0.08
+    assert unscaled > 3 * scaled
 
 
 def test_config_without_pool_loads_unchanged():
@@ -165,7 +173,7 @@ def test_shipped_raw_checkpoint_still_loads():
 def test_streamed_clip_equals_clip_model(rate):
     spot = spotter()
     stream = StreamingSpotter(spot, chunk_ms=10, sample_rate=rate)
-    assert stream.window_frames == rate // 16  # one output per 16 samples
+    assert stream.window_frames == 1000  # pools span time: one output per ms at any rate
     wave = torch.from_numpy(synthetic_clip(rate, rate))[None].repeat(2, 1)
     wave[1] = wave[1].flip(0)
     with torch.no_grad():
@@ -180,8 +188,8 @@ def test_chunk_must_hold_whole_groups():
     with pytest.raises(ValueError, match="pooling groups of 64 steps; use a chunk of a multiple "
                                          "of 4 ms"):
         chunk_plan(cfg, 10, 16000, time_pool=64)
-    with pytest.raises(ValueError, match="pooling groups of 32"):
-        StreamingSpotter(spotter(pool=[8, 4]), chunk_ms=10, sample_rate=8000)
+    with pytest.raises(ValueError, match="pooling groups of 32"):  # [4, 8] at 8 kHz
+        StreamingSpotter(spotter(pool=[8, 8]), chunk_ms=10, sample_rate=8000)
 
 
 @pytest.mark.parametrize("rate", [16000, 8000])

@@ -80,6 +80,10 @@ class KWSModel(nn.Module):
         """Input steps per output step; models that pool in time override it."""
         return 1
 
+    def time_pool_at(self, rate_factor: float = 1.0) -> int:
+        """Input steps per output step for input at trained_rate / rate_factor."""
+        return self.time_pool
+
     @property
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

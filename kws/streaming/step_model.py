@@ -142,7 +142,7 @@ class StreamingSpotter(nn.Module):
             self.feature_config,
             chunk_ms,
             spotter.clip_samples(self.sample_rate),
-            self.model.time_pool,
+            self.model.time_pool_at(self.rate_factor),
         )
         self.plan = plan
         self.chunk_samples = plan["chunk_samples"]
