@@ -24,12 +24,12 @@ import argparse
 import functools
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from bench_s4_kernel import best_time  # the sibling script: one timing rule for both
 
 from kws.models import MODEL_FAMILIES, build_model
 from kws.models.s4 import S4Block
@@ -44,17 +44,6 @@ QUICK_OVERRIDES = {
     "tcn": {"d_model": 16, "n_blocks": 3},
     "lstm": {"d_model": 16, "n_layers": 1},
 }
-
-
-def best_time(fn: Callable[[], Any], repeats: int) -> float:
-    """Minimum wall time of ``fn`` over ``repeats`` runs, after one untimed warm-up."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def mfcc_frames(samples: int) -> int:
