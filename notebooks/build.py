@@ -483,7 +483,8 @@ STREAMING_NOTEBOOK = [
 # 3. Streaming: a long stream, its posteriors and events, and what it costs
 
 The exported streaming model (`export/NAME.onnx` with its `NAME.json` sidecar)
-takes 10 ms of audio and its states per call. The `StreamingDetector` behind
+takes one chunk of audio (20 ms for the shipped MFCC models, 10 ms for raw
+audio) and its states per call. The `StreamingDetector` behind
 `kws stream` smooths its posteriors, fires an event when a keyword crosses the
 threshold, and keeps its state bounded with staggered resets. Here it runs over
 a long stream built by `kws.streaming.longstream` (background noise with
@@ -621,7 +622,7 @@ if run_stream:
 
 The same detector (two state copies, one thread) on the same audio, once with
 the ONNX file and once with the checkpoint it was exported from in PyTorch
-eager. Compute per 10-ms chunk must stay well under 10 ms to keep up with a
+eager. Compute per chunk must stay well under the chunk's duration to keep up with a
 microphone; the real-time factor is compute time over audio time. The posteriors
 of the two backends must agree.
 """),

@@ -31,6 +31,8 @@ from kws.evaluation.evaluate import (
     resample_batch,
     scores,
     select_clips,
+    speaker_bootstrap_ci,
+    speaker_groups,
     spread,
     sweep,
 )
@@ -41,12 +43,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SC12 = list(TASKS["sc12"])
 #: the report's schema: changing it breaks model cards and kws results, so it is pinned here
 REPORT_KEYS = {"kws_version", "created", "command", "data", "split", "rates", "resampler",
-               "source_rate", "mfcc_policy", "batch_size", "threads", "limit", "seconds",
-               "checkpoints"}
+               "source_rate", "mfcc_policy", "ci_method", "batch_size", "threads", "limit",
+               "seconds", "checkpoints"}
 ENTRY_KEYS = {"name", "checkpoint", "model", "pipeline", "params", "task", "labels",
               "trained_rate", "feature_config", "rate_policy", "split", "resampler",
               "source_rate", "command", "results", "skipped"}
-RESULT_KEYS = {"sample_rate", "rate_factor", "accuracy", "per_class_accuracy", "labels",
+RESULT_KEYS = {"sample_rate", "rate_factor", "accuracy", "accuracy_ci95", "per_class_accuracy",
+               "labels",
                "confusion", "n_clips", "seconds", "feature_seconds", "resample_seconds"}
 #: the class index every clip of the biased checkpoint is given ("no")
 BIASED_CLASS = 1
@@ -86,6 +89,32 @@ def test_confusion_and_scores_by_hand():
     assert got["n_clips"] == 6 and got["labels"] == ["a", "b", "c", "d"]
     with pytest.raises(ValueError, match="outside 0..3"):
         confusion_matrix(np.array([0]), np.array([4]), 4)
+
+
+def test_speaker_bootstrap_is_wide_when_speakers_not_clips_carry_the_errors():
+    # 20 speakers of 10 clips: half get every clip right, half every clip wrong.
+    correct = np.repeat(np.arange(20) % 2 == 0, 10)
+    clustered = speaker_bootstrap_ci(correct, np.repeat(np.arange(20), 10))
+    independent = speaker_bootstrap_ci(correct, np.arange(200))  # each clip its own speaker
+    assert clustered[0] < 0.5 < clustered[1] and independent[0] < 0.5 < independent[1]
+    # the standard error of the mean of 20 speaker accuracies (0.11) vs 200 clips (0.035)
+    assert clustered[1] - clustered[0] > 0.35 and independent[1] - independent[0] < 0.16
+    assert speaker_bootstrap_ci(correct, np.repeat(np.arange(20), 10)) == clustered  # seeded
+    assert speaker_bootstrap_ci(np.ones(30, bool), np.arange(30) % 3) == [1.0, 1.0]
+    assert speaker_bootstrap_ci(correct[:10], np.zeros(10, int)) is None  # one speaker
+    with pytest.raises(ValueError, match="speaker ids"):
+        speaker_bootstrap_ci(correct, np.arange(10))
+
+
+def test_speaker_groups_give_clips_without_a_speaker_one_each():
+    clip = type("Clip", (), {})
+    clips = []
+    for speaker in ["b", "a", None, "b", None]:
+        c = clip()
+        c.speaker = speaker
+        clips.append(c)
+    groups = speaker_groups(clips)
+    assert groups[0] == groups[3] and len(set(groups.tolist())) == 4
 
 
 def test_sweep_scores_a_spotter_whose_answers_we_know():
@@ -316,13 +345,16 @@ def test_kws_eval_writes_json_and_plots_for_a_flac_folder(flac_root, checkpoint,
         assert result["per_class_accuracy"] == {
             label: (1.0 if i == BIASED_CLASS else 0.0) for i, label in enumerate(SC12)}
         assert result["seconds"] >= 0 and result["resample_seconds"] >= 0
+        low, high = result["accuracy_ci95"]
+        assert 0 <= low <= result["accuracy"] <= high <= 1 and high > low
     assert re.search(r"\| tcn_mfcc \| 8.33% \| 8.33% \| 8.33% \|", stdout)
     pngs = sorted(p.name for p in out.parent.glob("*.png"))
     assert pngs == ["eval_accuracy_vs_rate.png", "eval_tcn_mfcc_confusion_16000.png",
                     "eval_tcn_mfcc_confusion_8000.png"]
     assert all((out.parent / p).read_bytes().startswith(PNG_MAGIC) for p in pngs)
     card = (checkpoint.parent / "tcn_mfcc.md").read_text()
-    assert "| 44100 | 8.33% | 24 | 1 |" in card and "1.2 min" in card
+    assert re.search(r"\| 44100 \| 8.33% \| \d+\.\d–\d+\.\d% \| 24 \| 1 \|", card)
+    assert "1.2 min" in card and "speaker bootstrap" in card
     stored = json.loads((checkpoint.parent / "tcn_mfcc.eval.json").read_text())
     assert stored["metrics"]["eval"]["results"] == entry["results"]
     assert stored["metrics"]["val/acc"] == 0.5
@@ -330,7 +362,8 @@ def test_kws_eval_writes_json_and_plots_for_a_flac_folder(flac_root, checkpoint,
     # The table reads the card that --cards wrote next to the checkpoint.
     code, stdout, _ = run_kws(["results", "--models", str(checkpoint.parent)], capsys)
     assert code == 0
-    assert "| tcn_mfcc (tcn) | mfcc |" in stdout and "| 8.33% | 8.33% | 1.000 |" in stdout
+    assert "| tcn_mfcc (tcn) | mfcc |" in stdout
+    assert re.search(r"\| 8.33% \| \d+\.\d–\d+\.\d% \| 8.33% \| 1.000 \|", stdout)
 
 
 def test_kws_eval_default_split_is_the_checkpoints_test_split(flac_root, checkpoint, tmp_path,
@@ -392,14 +425,14 @@ def test_results_table_numbers_from_an_eval_report(tmp_path, capsys):
     assert row["ratio_8k_16k"] == pytest.approx(0.5)
     assert (row["min_acc"], row["min_rate"]) == (0.3, 48000)
     table = markdown_table([row])
-    assert ("| s4d_raw (s4d) | raw | 123,456 | 90.00% | 45.00% | 0.500 | 30.00% @ 48k | "
+    assert ("| s4d_raw (s4d) | raw | 123,456 | 90.00% | – | 45.00% | 0.500 | 30.00% @ 48k | "
             "`kws eval models/s4d_raw.pt --data /data` |") in table
     report = tmp_path / "eval.json"
     report.write_text(json.dumps({"checkpoints": [entry]}))
     code, stdout, err = run_kws(["results", "--models", str(tmp_path / "none"), "--eval",
                                  str(report)], capsys)
     assert code == 0, err
-    assert "| 90.00% | 45.00% | 0.500 |" in stdout
+    assert "| 90.00% | – | 45.00% | 0.500 |" in stdout
     code, _, err = run_kws(["results", "--models", str(tmp_path / "none")], capsys)
     assert code == 1 and "no such folder" in err
 
@@ -418,7 +451,7 @@ def test_model_card_lists_every_rate_and_the_commands():
     assert "123,456 parameters" in card and "task sc10" in card
     assert "- train: 15 clips, 2 speakers" in card
     assert "2.00 h" in card and "device=cuda, device_name=H100" in card
-    assert "| 8000 | 45.00% | 100 | 2 |" in card and "| 16000 | 90.00% | 100 | 1 |" in card
+    assert "| 8000 | 45.00% | – | 100 | 2 |" in card and "| 16000 | 90.00% | – | 100 | 1 |" in card
     assert "| 11025 | skipped: decimate needs an integer ratio" in card
     assert "- evaluate: `kws eval models/s4d_raw.pt --data /data`" in card
     assert "val/acc: 0.93" in card

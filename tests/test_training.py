@@ -322,6 +322,44 @@ def test_resume_mid_epoch_matches_uninterrupted_run(reference, config_path, tmp_
     assert shipped_a["metrics"] == shipped_b["metrics"]
 
 
+def test_weight_averaging_ships_the_average_and_resumes_exactly(config_path, tmp_path):
+    config = load_config(config_path, ["optim.ema_decay=0.8"])
+    result = train(config, tmp_path / "ema", name="tones")
+    best = read_checkpoint(result.best_checkpoint)
+    averaged, raw = best["state_dict"], best["current_model_state"]
+    assert averaged.keys() == raw.keys()
+    assert any(not torch.equal(averaged[k], raw[k]) for k in averaged)  # an average, not a copy
+
+    spotter, meta = load_spotter(result.spotter_path)  # the shipped model is the average
+    for key, value in spotter.state_dict().items():
+        torch.testing.assert_close(value, averaged[f"spotter.{key}"], rtol=0, atol=0)
+    data = SpeechCommandsDataModule(config)
+    data.setup("test")
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=config["optim"]["label_smoothing"],
+                                          reduction="sum")
+    loss = hits = total = 0.0
+    with torch.no_grad():
+        for wave, target in data.test_dataloader():
+            logits = spotter(wave)
+            loss += float(criterion(logits, target))
+            hits += int((logits.argmax(-1) == target).sum())
+            total += len(target)
+    # The test scored the average (its loss tells it from the raw weights', which ties may not).
+    assert meta["metrics"]["test/loss"] == pytest.approx(loss / total, rel=1e-5)
+    assert meta["metrics"]["test/acc"] == pytest.approx(hits / total)
+
+    out = tmp_path / "crashed"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config, out, name="tones", callbacks=[Crash(step=11)])
+    train(config, out, resume="last", name="tones")
+    a = read_checkpoint(result.last_checkpoint)
+    b = read_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert int(a["averaging_state"]["n_averaged"]) == int(b["averaging_state"]["n_averaged"]) == 30
+    for part in ("state_dict", "current_model_state"):
+        for key in a[part]:
+            torch.testing.assert_close(a[part][key], b[part][key], rtol=0, atol=1e-7)
+
+
 def test_existing_run_needs_resume_and_same_network(reference, config_path, tmp_path, capsys):
     assert main(["train", "--config", str(config_path), "--out", str(reference)]) == 1
     assert "pass --resume last to continue" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from typing import Any
 _EXPORTS = (
     "DEFAULT_RATES", "MFCC_POLICY", "RESAMPLERS", "Evaluand", "check_resampler",
     "confusion_matrix", "evaluate_checkpoints", "resample_batch", "result_at", "scores",
-    "select_clips", "sweep",
+    "select_clips", "speaker_bootstrap_ci", "speaker_groups", "sweep",
 )
 __all__ = list(_EXPORTS)
 

@@ -27,6 +27,7 @@ checkpoint under ``checkpoints``: name, checkpoint, model, pipeline, params, tas
 labels, trained_rate, feature_config, rate_policy, split (which clips, by which
 rule, speakers checked against the manifest), resampler, command, ``skipped``
 (rate, reason) and ``results``, one per rate: sample_rate, rate_factor, accuracy,
+accuracy_ci95 (a 95% speaker-bootstrap interval, ``ci_method``),
 per_class_accuracy, labels, confusion (rows true, columns predicted, in label
 order), n_clips, and seconds (model), feature_seconds (the frontend, shared by
 checkpoints with the same feature config) and resample_seconds (shared by all).
@@ -125,6 +126,47 @@ def scores(confusion: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
     }
 
 
+#: draws of the speaker bootstrap; its seed is fixed so that a report reproduces exactly
+BOOTSTRAP_DRAWS, BOOTSTRAP_SEED = 2000, 0
+CI_METHOD = (
+    f"95% interval of a speaker bootstrap: {BOOTSTRAP_DRAWS} draws of the test speakers with "
+    f"replacement (seed {BOOTSTRAP_SEED}), each scored on all its clips; a clip with no "
+    "speaker (_silence_) counts as its own speaker"
+)
+
+
+def speaker_groups(clips: Sequence[Any]) -> np.ndarray:
+    """One integer per clip naming its speaker; clips with no speaker get one each."""
+    keys = [c.speaker if getattr(c, "speaker", None) else f"#clip{i}" for i, c in enumerate(clips)]
+    _, groups = np.unique(np.array(keys, dtype=object).astype(str), return_inverse=True)
+    return groups.astype(np.int64)
+
+
+def speaker_bootstrap_ci(
+    correct: np.ndarray, groups: np.ndarray, draws: int = BOOTSTRAP_DRAWS,
+    seed: int = BOOTSTRAP_SEED,
+) -> list[float] | None:
+    """[low, high] 95% interval of accuracy when the speakers, not the clips, are the sample.
+
+    A speaker's clips share a voice and a microphone, so they are not independent:
+    with 13 test speakers a clip-level (binomial) interval would be far too narrow.
+    Resampling whole speakers says how much the accuracy would move with another
+    13. None with fewer than two speakers, where there is nothing to resample.
+    """
+    correct, groups = np.asarray(correct, dtype=np.float64), np.asarray(groups)
+    if correct.shape != groups.shape:
+        raise ValueError(f"{correct.shape[0]} answers but {groups.shape[0]} speaker ids")
+    n_groups = int(groups.max()) + 1 if groups.size else 0
+    if n_groups < 2:
+        return None
+    hits = np.bincount(groups, weights=correct, minlength=n_groups)
+    clips = np.bincount(groups, minlength=n_groups).astype(np.float64)
+    picks = np.random.default_rng(seed).integers(0, n_groups, size=(draws, n_groups))
+    accuracy = hits[picks].sum(axis=1) / clips[picks].sum(axis=1)
+    low, high = np.quantile(accuracy, [0.025, 0.975])
+    return [float(low), float(high)]
+
+
 # -- the sweep ----------------------------------------------------------------------------
 
 
@@ -138,6 +180,8 @@ class Evaluand:
     labels: list[str]
     targets: np.ndarray
     trained_rate: int = SOURCE_RATE
+    #: speaker of each clip as an integer (``speaker_groups``), for the accuracy interval
+    groups: np.ndarray | None = None
     results: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
 
@@ -256,6 +300,9 @@ def sweep(
                 "sample_rate": rate,
                 "rate_factor": rate_factor(ev, rate),
                 **scores(confusion_matrix(ev.targets, predicted, len(ev.labels)), ev.labels),
+                "accuracy_ci95": None if ev.groups is None else speaker_bootstrap_ci(
+                    predicted == ev.targets, ev.groups
+                ),
                 "seconds": round(seconds[ev.name], 3),
                 "feature_seconds": round(features, 3),
                 "resample_seconds": round(resample_seconds, 3),
@@ -472,6 +519,7 @@ def evaluate_checkpoints(
         ev = Evaluand(
             name, spotter, list(meta["labels"]),
             np.array([c.label_index for c in selection.clips], dtype=np.int64), trained_rate,
+            speaker_groups(selection.clips),
         )
         entry = {
             "name": name,
@@ -516,6 +564,7 @@ def evaluate_checkpoints(
         "resampler": resampler,
         "source_rate": SOURCE_RATE,
         "mfcc_policy": MFCC_POLICY,
+        "ci_method": CI_METHOD,
         "batch_size": batch_size,
         "threads": torch.get_num_threads(),
         "limit": limit,

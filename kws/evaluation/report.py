@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kws.evaluation.evaluate import SOURCE_RATE, result_at
+from kws.evaluation.evaluate import CI_METHOD, SOURCE_RATE, result_at
 
 CARD_SUFFIX = ".eval.json"
 TABLE_COLUMNS = (
-    "model", "pipeline", "params", "acc 16 kHz", "acc 8 kHz", "8k/16k", "min over sweep", "command",
+    "model", "pipeline", "params", "acc 16 kHz", "16 kHz 95% interval", "acc 8 kHz", "8k/16k",
+    "min over sweep", "command",
 )
 
 
@@ -138,6 +139,10 @@ def accuracy(entry: dict[str, Any] | None, rate: int) -> float | None:
     return None if result is None else result["accuracy"]
 
 
+def _interval(interval: list[float] | None) -> str:
+    return "–" if not interval else f"{100 * interval[0]:.1f}–{100 * interval[1]:.1f}%"
+
+
 def table_row(record: ModelRecord) -> dict[str, Any]:
     """One row of the results table, as values (accuracies are fractions, None if unknown)."""
     entry, meta = record.entry or {}, record.meta
@@ -151,6 +156,7 @@ def table_row(record: ModelRecord) -> dict[str, Any]:
         "pipeline": entry.get("pipeline") or (meta.get("feature_config") or {}).get("kind"),
         "params": entry.get("params"),
         "acc_16k": acc16,
+        "ci_16k": (result_at(entry, SOURCE_RATE) or {}).get("accuracy_ci95") if entry else None,
         "acc_8k": acc8,
         "ratio_8k_16k": acc8 / acc16 if acc8 is not None and acc16 else None,
         "min_acc": worst[0] if worst else None,
@@ -169,6 +175,7 @@ def markdown_table(rows: Iterable[dict[str, Any]]) -> str:
             row["pipeline"] or "–",
             "–" if row["params"] is None else f"{row['params']:,}",
             _pct(row["acc_16k"]),
+            _interval(row["ci_16k"]),
             _pct(row["acc_8k"]),
             "–" if row["ratio_8k_16k"] is None else f"{row['ratio_8k_16k']:.3f}",
             "–" if row["min_acc"] is None else
@@ -259,15 +266,19 @@ def model_card(record: ModelRecord) -> str:
         out += [
             "", f"## Accuracy at every rate (zero-shot, resampler {entry.get('resampler')})", "",
             f"{entry.get('rate_policy', '')}", "",
-            "| sample rate | accuracy | clips | rate factor |", "|---:|---:|---:|---:|",
+            "| sample rate | accuracy | 95% interval (speakers) | clips | rate factor |",
+            "|---:|---:|---:|---:|---:|",
         ]
         for result in entry["results"]:
             out.append(
-                f"| {result['sample_rate']} | {_pct(result['accuracy'])} | {result['n_clips']} "
+                f"| {result['sample_rate']} | {_pct(result['accuracy'])} "
+                f"| {_interval(result.get('accuracy_ci95'))} | {result['n_clips']} "
                 f"| {result['rate_factor']:.4g} |"
             )
         for skip in entry.get("skipped", []):
-            out.append(f"| {skip['sample_rate']} | skipped: {skip['reason']} | | |")
+            out.append(f"| {skip['sample_rate']} | skipped: {skip['reason']} | | | |")
+        if any(result.get("accuracy_ci95") for result in entry["results"]):
+            out += ["", f"Interval: {CI_METHOD}."]
     commands = [("train", train.get("command")), ("evaluate", entry.get("command"))]
     if any(cmd for _, cmd in commands):
         out += ["", "## Commands", ""]

@@ -7,7 +7,8 @@ JSON-able). Sections:
 * ``features``: the FeatureConfig fields (checked by ``FeatureConfig.from_dict``);
 * ``spec_augment``: band and frame masks on MFCC training batches (SpecAugment);
 * ``model``: ``name`` (the family) plus constructor overrides (checked by ``build_model``);
-* ``optim``: AdamW, the S4 SSM learning rate, warm-up, label smoothing, clipping;
+* ``optim``: AdamW, the S4 SSM learning rate, warm-up, label smoothing, clipping,
+  weight averaging (EMA);
 * ``trainer``: what Lightning's Trainer gets, plus early stopping and checkpointing;
 * ``seed``: the one seed that data order, augmentation and dropout derive from.
 
@@ -52,6 +53,10 @@ DEFAULTS: dict[str, Any] = {
         "warmup_epochs": 1.0,  # linear warm-up, then cosine decay to zero, stepped per batch
         "label_smoothing": 0.0,
         "grad_clip": 1.0,  # max gradient norm; 0 turns clipping off
+        # Exponential moving average of the weights per optimizer step, used for
+        # validation, checkpoints and the shipped model; 0 turns it off. It averages
+        # over about 1 / (1 - decay) steps.
+        "ema_decay": 0.0,
     },
     "trainer": {
         "max_epochs": 40,
@@ -194,6 +199,8 @@ def check_config(config: dict[str, Any], source: str) -> None:
             raise ConfigError(f"{source}: optim.{key} must be > 0, got {optim[key]}")
     if optim["weight_decay"] < 0 or optim["warmup_epochs"] < 0 or optim["grad_clip"] < 0:
         raise ConfigError(f"{source}: optim.weight_decay, warmup_epochs, grad_clip must be >= 0")
+    if not 0 <= optim["ema_decay"] < 1:
+        raise ConfigError(f"{source}: optim.ema_decay must be in [0, 1) (0: off)")
     if not 0 <= optim["label_smoothing"] < 1:
         raise ConfigError(f"{source}: optim.label_smoothing must be in [0, 1)")
     if trainer["max_epochs"] < 1 and trainer["max_steps"] < 1:
