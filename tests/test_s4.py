@@ -57,8 +57,12 @@ def test_nplr_form_is_hippo_legs_in_a_unitary_basis():
     T = torch.stack([V.conj().T.real, V.conj().T.imag], dim=1).reshape(N, N)  # s -> (re x, im x)
     assert torch.allclose(T @ A @ torch.linalg.inv(T), A_real, atol=1e-10)
     assert torch.allclose(T @ B_legs, sk.interleave(sk.as_pairs(B)), atol=1e-10)
+    # Similar matrices share eigenvalues, but HiPPO-LegS is far from normal (its
+    # eigenvector matrix has condition number ~1e11 at N=16), so a dense eigensolver
+    # recovers them only to ~1e-4, and how closely depends on the LAPACK build and CPU.
     eig = torch.linalg.eigvals(A_real)
-    assert torch.allclose(eig.abs().sort().values, torch.linalg.eigvals(A).abs().sort().values)
+    exact = torch.arange(1, N + 1, dtype=torch.float64)  # A is triangular, diagonal -(n+1)
+    torch.testing.assert_close(eig.abs().sort().values, exact, rtol=1e-3, atol=0)
 
 
 def test_diagonal_initialisations():

@@ -469,6 +469,18 @@ def test_kws_stream_prints_the_detector_events(tiny, tmp_path, capsys):
                             "--smoothing-ms", "0"], capsys)
     assert out.splitlines()[0].split() == ["keyword", "start_s", "end_s", "score"]
     assert len(out.splitlines()) == len(expected) + 1
+    # per-keyword thresholds from a file, overridden by --keyword-threshold
+    first = expected[0].keyword
+    only_first = StreamingDetector(OnnxStepBackend(onnx_path), threshold=1.0,
+                                   thresholds={first: threshold},
+                                   smoothing_ms=0).process(load_audio(wav, RATE))
+    (tmp_path / "t.json").write_text(json.dumps({"thresholds": dict.fromkeys(LABELS[:3], 1.0)}))
+    code, out, err = run_cli(["stream", str(onnx_path), str(wav), "--json", "--smoothing-ms",
+                              "0", "--keyword-thresholds", str(tmp_path / "t.json"),
+                              "--keyword-threshold", f"{first}={threshold}"], capsys)
+    assert code == 0, err
+    assert [json.loads(line)["keyword"] for line in out.splitlines()] == [
+        e.keyword for e in only_first] and only_first
     # an 8 kHz file is resampled to the model's 16 kHz: same duration, whole chunks
     save_audio(tmp_path / "low.wav", audio[::2], RATE // 2)
     code, out, err = run_cli(["stream", str(onnx_path), str(tmp_path / "low.wav"), "--json"],
@@ -602,6 +614,50 @@ def test_an_oracle_scores_perfectly_on_the_long_stream(dev_root):
     assert score_events(events, stream.placements, stream.duration_s)["false_alarms"] == unknown
 
 
+def test_calibration_picks_the_lowest_threshold_within_each_keywords_share():
+    from kws.streaming.longstream import Placement, calibrate_thresholds, score_events
+
+    chunk_s, minutes = 0.01, 6
+    trace = np.zeros((round(minutes * 60 / chunk_s), len(LABELS)))
+    trace[:, LABELS.index("_silence_")] = 1.0
+    placements = []
+
+    def plateau(word: str, at_s: float, height: float) -> None:  # 0.3 s, past the smoothing
+        rows = slice(round(at_s / chunk_s), round((at_s + 0.3) / chunk_s))
+        trace[rows] = 0.0
+        trace[rows, LABELS.index(word)] = height
+        trace[rows, LABELS.index("_silence_")] = 1.0 - height
+
+    for k, (word, height) in enumerate([("yes", 0.95), ("no", 0.9), ("stop", 0.8)] * 4):
+        at = 10.0 + 20.0 * k
+        plateau(word, at, height)
+        placements.append(Placement(word, True, at - 0.5, at + 0.5, f"{word}{k}"))
+    # False alarms on noise, far from every keyword (heights off the 0.005 grid): "yes"
+    # three at 0.702; "no" two at 0.852 and one at 0.602; "stop" two that no threshold
+    # below 1 can stop.
+    for at, word, height in [(300, "yes", 0.702), (305, "yes", 0.702), (310, "yes", 0.702),
+                             (320, "no", 0.852), (325, "no", 0.852), (330, "no", 0.602),
+                             (340, "stop", 1.0), (345, "stop", 1.0)]:
+        plateau(word, at, height)
+    duration = minutes * 60.0
+    # 30 false alarms an hour shared by 3 keywords: 10 each, 1 in this 0.1-hour stream
+    found = calibrate_thresholds(trace, LABELS, chunk_s, 1.0, placements, duration, 30.0)
+    assert found["thresholds"] == {"yes": 0.705, "no": 0.855, "stop": 0.999}
+    assert found["met"] == {"yes": True, "no": True, "stop": False}
+    assert found["false_alarms"] == {"yes": 0, "no": 0, "stop": 2}
+    assert found["per_keyword_fa_per_hour"] == pytest.approx(10.0)
+    events = decode_trace(trace, LABELS, chunk_s, 1.0, threshold=1.0,
+                          thresholds=found["thresholds"])
+    score = score_events(events, placements, duration)
+    assert score["hit_rate_per_keyword"] == {"no": 1.0, "stop": 0.0, "yes": 1.0}
+    assert score["false_alarms"] == 2
+    # a looser budget (2 each) lets "no" drop to just above its 0.602 alarm
+    looser = calibrate_thresholds(trace, LABELS, chunk_s, 1.0, placements, duration, 60.0)
+    assert looser["thresholds"]["no"] == 0.605 and looser["thresholds"]["yes"] == 0.705
+    with pytest.raises(ValueError, match="> 0 per hour"):
+        calibrate_thresholds(trace, LABELS, chunk_s, 1.0, placements, duration, 0.0)
+
+
 def test_kws_bench_stream_sweeps_thresholds(tiny, dev_root, tmp_path, capsys):
     _, onnx_path = tiny
     out = tmp_path / "bench.json"
@@ -618,6 +674,32 @@ def test_kws_bench_stream_sweeps_thresholds(tiny, dev_root, tmp_path, capsys):
         assert 0 <= r["hits"] <= r["keywords"] == report["stream"]["keywords"]
         assert r["false_alarms_per_hour"] == pytest.approx(r["false_alarms"] / hours)
     assert "threshold" in stdout and "real-time factor" in stdout
+
+    # Calibrate on validation speakers, then score the same stream at those thresholds.
+    calibrated = tmp_path / "val.json"
+    code, stdout, err = run_cli(
+        ["bench", "stream", "--model", str(onnx_path), "--data", str(dev_root), "--minutes", "0.5",
+         "--seed", "3", "--split", "val", "--thresholds", "0.5", "--calibrate", "500",
+         "--json", str(calibrated)], capsys)
+    assert code == 0, err
+    report = json.loads(calibrated.read_text())
+    thresholds = report["calibration"]["thresholds"]
+    assert set(thresholds) == {"yes", "no", "stop"} and report["split"] == "val"
+    row = report["results"][-1]
+    assert row["threshold"] is None and row["thresholds"] == thresholds
+    assert "per-keyword (calibrated on this stream)" in stdout
+    code, _, err = run_cli(
+        ["bench", "stream", "--model", str(onnx_path), "--data", str(dev_root), "--minutes", "0.5",
+         "--seed", "3", "--thresholds", "0.5", "--keyword-thresholds", str(calibrated),
+         "--json", str(out)], capsys)
+    assert code == 0, err
+    assert json.loads(out.read_text())["results"][-1]["thresholds"] == thresholds
+    (tmp_path / "bad.json").write_text('{"thresholds": {"yes": 1.5}}')
+    for path, message in [(tmp_path / "none.json", "no such file"),
+                          (tmp_path / "bad.json", "a number in (0, 1]")]:
+        code, _, err = run_cli(["bench", "stream", "--model", str(onnx_path), "--data",
+                                str(dev_root), "--keyword-thresholds", str(path)], capsys)
+        assert code != 0 and message in err and str(path) in err and "Traceback" not in err
 
 
 def test_bench_stream_script_quick(tiny, tmp_path):

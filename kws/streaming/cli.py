@@ -52,6 +52,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                         help="posterior threshold of every keyword (default 0.8)")
     stream.add_argument("--keyword-threshold", action="append", default=[], metavar="WORD=T",
                         help="a threshold for one keyword, e.g. --keyword-threshold yes=0.9")
+    add_thresholds_file_option(stream)
     add_detector_options(stream)
     stream.set_defaults(handler=run_stream)
 
@@ -74,8 +75,41 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                        "hit (default 0.25)")
     bench.add_argument("--json", type=Path, default=None, metavar="OUT",
                        help="also write the full report here")
+    bench.add_argument("--calibrate", type=float, default=None, metavar="FA_PER_HOUR",
+                       help="also choose per-keyword thresholds that keep false alarms on this "
+                       "stream within FA_PER_HOUR (use --split val, then score the test "
+                       "stream with --keyword-thresholds on the --json report)")
+    add_thresholds_file_option(bench)
     add_detector_options(bench)
     bench.set_defaults(handler=run_bench_stream)
+
+
+def add_thresholds_file_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keyword-thresholds", type=Path, default=None, metavar="FILE",
+                        help="per-keyword thresholds from a JSON file: a `kws bench stream "
+                        "--calibrate --json` report, or {\"thresholds\": {WORD: T, ...}}")
+
+
+def read_thresholds_file(path: Path | None) -> dict[str, float]:
+    """The per-keyword thresholds of a calibration report or a plain thresholds file."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"--keyword-thresholds {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"--keyword-thresholds {path}: not a JSON file ({err})") from None
+    found = data.get("calibration", data) if isinstance(data, dict) else None
+    thresholds = found.get("thresholds") if isinstance(found, dict) else None
+    if not isinstance(thresholds, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
+        for v in thresholds.values()
+    ):
+        raise UserError(f"--keyword-thresholds {path}: expected a 'thresholds' mapping of "
+                        "keyword to a number in (0, 1] (or a `kws bench stream --calibrate` "
+                        "report)")
+    return {str(k): float(v) for k, v in thresholds.items()}
 
 
 def bench_commands(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
@@ -146,8 +180,9 @@ def file_blocks(path: Path, sample_rate: int):
 def run_stream(args: argparse.Namespace) -> int:
     from kws.streaming.engine import Event
 
-    detector = make_detector(args, args.threshold,
-                             thresholds=parse_keyword_thresholds(args.keyword_threshold))
+    thresholds = read_thresholds_file(args.keyword_thresholds)
+    thresholds.update(parse_keyword_thresholds(args.keyword_threshold))
+    detector = make_detector(args, args.threshold, thresholds=thresholds)
     if not args.file.is_file():
         raise UserError(f"{args.file}: no such audio file")
 
@@ -181,9 +216,18 @@ def run_stream(args: argparse.Namespace) -> int:
 def run_bench_stream(args: argparse.Namespace) -> int:
     from kws.data.speech_commands import find_data_root
     from kws.streaming.engine import decode_trace
-    from kws.streaming.longstream import build_long_stream, score_events, stream_summary
+    from kws.streaming.longstream import (
+        build_long_stream,
+        calibrate_thresholds,
+        score_events,
+        stream_summary,
+    )
 
     thresholds = parse_thresholds(args.thresholds)
+    from_file = read_thresholds_file(args.keyword_thresholds)
+    if args.calibrate is not None and args.calibrate <= 0:
+        raise UserError(f"--calibrate must be a positive number of false alarms per hour, "
+                        f"got {args.calibrate:g}")
     detector = make_detector(args, thresholds[0], record=True)
     backend = detector.backend
     root = find_data_root(args.data)
@@ -195,15 +239,26 @@ def run_bench_stream(args: argparse.Namespace) -> int:
     detector.process(stream.audio, block=backend.chunk_samples)
     elapsed = time.perf_counter() - started
     trace = detector.trace()
-    results = []
-    for threshold in thresholds:
-        events = decode_trace(
-            trace, detector.labels, detector.chunk_s, backend.window_s, threshold=threshold,
-            smoothing_ms=args.smoothing_ms, refractory_ms=args.refractory_ms,
+    timing = {"smoothing_ms": args.smoothing_ms, "refractory_ms": args.refractory_ms}
+
+    def scored(threshold: float, per_keyword: dict[str, float] | None = None) -> dict[str, Any]:
+        events = decode_trace(trace, detector.labels, detector.chunk_s, backend.window_s,
+                              threshold=threshold, thresholds=per_keyword, **timing)
+        return score_events(events, stream.placements, stream.duration_s, args.tolerance)
+
+    results = [{"threshold": t, **scored(t)} for t in thresholds]
+    calibration = None
+    if from_file:
+        results.append({"threshold": None, "thresholds_from": str(args.keyword_thresholds),
+                        "thresholds": from_file, **scored(1.0, from_file)})
+    if args.calibrate is not None:
+        calibration = calibrate_thresholds(
+            trace, detector.labels, detector.chunk_s, backend.window_s, stream.placements,
+            stream.duration_s, args.calibrate, args.tolerance, **timing,
         )
-        results.append({"threshold": threshold,
-                        **score_events(events, stream.placements, stream.duration_s,
-                                       args.tolerance)})
+        results.append({"threshold": None, "thresholds_from": "calibrated on this stream",
+                        "thresholds": calibration["thresholds"],
+                        **scored(1.0, calibration["thresholds"])})
     report = {
         "model": str(args.model),
         "backend": backend.describe(),
@@ -219,6 +274,7 @@ def run_bench_stream(args: argparse.Namespace) -> int:
         "elapsed_s": elapsed,
         "real_time_factor": elapsed / stream.duration_s,
         "results": results,
+        "calibration": calibration,
     }
     print_bench(report)
     if args.json:
@@ -235,8 +291,19 @@ def print_bench(report: dict[str, Any]) -> None:
     print(f"{'threshold':>9} {'hit rate':>8} {'FA/hour':>8} {'latency median':>15} {'p90':>6}"
           "   false alarms on: other keyword / same keyword again / other word / noise")
     for r in report["results"]:
+        name = f"{r['threshold']:>9.2f}" if r["threshold"] is not None else "per-keyword"
         median = "-" if r["latency_median_s"] is None else f"{r['latency_median_s']:+.2f} s"
         p90 = "-" if r["latency_p90_s"] is None else f"{r['latency_p90_s']:+.2f}"
         causes = " / ".join(str(n) for n in r["false_alarm_causes"].values())
-        print(f"{r['threshold']:>9.2f} {r['hit_rate']:>8.3f} {r['false_alarms_per_hour']:>8.1f} "
+        print(f"{name:>9} {r['hit_rate']:>8.3f} {r['false_alarms_per_hour']:>8.1f} "
               f"{median:>15} {p90:>6}   {causes}")
+    for r in report["results"]:
+        if r["threshold"] is None:
+            shown = " ".join(f"{k}={v:g}" for k, v in r["thresholds"].items())
+            print(f"per-keyword ({r['thresholds_from']}): {shown}")
+    calibration = report.get("calibration")
+    if calibration and not all(calibration["met"].values()):
+        missed = [k for k, ok in calibration["met"].items() if not ok]
+        print(f"calibration: {', '.join(missed)} exceed their share of "
+              f"{calibration['target_fa_per_hour']:g} false alarms/hour even at the top of "
+              "the grid")

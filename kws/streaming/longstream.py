@@ -39,7 +39,8 @@ from kws.data.speech_commands import (
     detect_layout,
     detect_version,
 )
-from kws.streaming.engine import Event
+from kws.streaming.backends import NON_KEYWORDS
+from kws.streaming.engine import Event, decode_trace
 
 FADE_S = 0.01
 
@@ -240,6 +241,61 @@ def score_events(
         "latency_median_s": float(np.median(latencies)) if latencies else None,
         "latency_p90_s": float(np.percentile(latencies, 90)) if latencies else None,
         "hit_rate_per_keyword": {w: h / n for w, (h, n) in sorted(per_word.items())},
+    }
+
+
+#: thresholds tried by ``calibrate_thresholds``, low to high
+CALIBRATION_GRID = tuple(np.round(np.arange(0.30, 0.995, 0.005), 3)) + (0.995, 0.999)
+
+
+def calibrate_thresholds(
+    trace: np.ndarray,
+    labels: Sequence[str],
+    chunk_s: float,
+    window_s: float,
+    placements: Sequence[Placement],
+    duration_s: float,
+    target_fa_per_hour: float,
+    tolerance_s: float = 0.25,
+    grid: Sequence[float] = CALIBRATION_GRID,
+    **decoder_options: Any,
+) -> dict[str, Any]:
+    """Per-keyword thresholds that keep false alarms within a budget on a recorded stream.
+
+    Run it on a stream of held-out speakers that are not the test speakers (``--split
+    val``), then score the test stream at the thresholds it returns: one operating
+    point chosen without looking at the test, which is what a deployed spotter has.
+    The budget is shared equally: each of the K keywords may cause
+    ``target_fa_per_hour / K``; a keyword's false alarms are its own events that hit
+    nothing, counted with the other keywords switched off. Each keyword gets the
+    lowest threshold of ``grid`` within its share (the most hits), or the top of the
+    grid, flagged ``met: False``, when none is. The stream's length bounds what can
+    be measured: one false alarm in T hours is 1/T per hour.
+    """
+    if target_fa_per_hour <= 0:
+        raise ValueError(f"the false-alarm target must be > 0 per hour, got {target_fa_per_hour}")
+    keywords = [label for label in labels if label not in NON_KEYWORDS]
+    share = target_fa_per_hour / len(keywords)
+    hours = duration_s / 3600
+    thresholds, met, false_alarms = {}, {}, {}
+    for keyword in keywords:
+        others = [label for label in labels if label != keyword]
+        for threshold in grid:
+            events = decode_trace(trace, list(labels), chunk_s, window_s, threshold=threshold,
+                                  ignore=others, **decoder_options)
+            score = score_events(events, placements, duration_s, tolerance_s)
+            if score["false_alarms"] / hours <= share:
+                break
+        thresholds[keyword] = float(threshold)
+        met[keyword] = bool(score["false_alarms"] / hours <= share)
+        false_alarms[keyword] = int(score["false_alarms"])
+    return {
+        "target_fa_per_hour": target_fa_per_hour,
+        "per_keyword_fa_per_hour": share,
+        "stream_hours": hours,
+        "thresholds": thresholds,
+        "met": met,
+        "false_alarms": false_alarms,
     }
 
 
