@@ -360,6 +360,36 @@ def test_weight_averaging_ships_the_average_and_resumes_exactly(config_path, tmp
             torch.testing.assert_close(a[part][key], b[part][key], rtol=0, atol=1e-7)
 
 
+def test_train_seeds_reports_the_spread_and_reuses_finished_seeds(config_path, tmp_path, capsys):
+    out = tmp_path / "seeds"
+    argv = ["train", "--config", str(config_path), "--out", str(out), "--name", "tones",
+            "--seeds", "3,4", "--set", "trainer.max_epochs=2"]
+    assert main(argv) == 0
+    summary = json.loads((out / "seeds.json").read_text())
+    assert summary["seeds"] == [3, 4]
+    shipped = [read_checkpoint(out / f"seed_{s}" / "checkpoints" / "tones.pt") for s in (3, 4)]
+    assert [c["train"]["config"]["seed"] for c in shipped] == [3, 4]
+    weights = [c["state_dict"] for c in shipped]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    for key in ("val/acc", "test/acc", "test/loss"):
+        values = [c["metrics"][key] for c in shipped]
+        stats = summary["metrics"][key]
+        assert stats["values"] == pytest.approx(values)
+        assert stats["mean"] == pytest.approx(np.mean(values))
+        assert stats["sd"] == pytest.approx(np.std(values, ddof=1))
+    assert "seeds.json" in capsys.readouterr().out
+    # Run again with one more seed: the finished ones are read, not retrained.
+    stamp = (out / "seed_3" / "checkpoints" / "tones.pt").stat().st_mtime_ns
+    assert main([*argv[:-3], "3,4,5", "--set", "trainer.max_epochs=2"]) == 0
+    assert (out / "seed_3" / "checkpoints" / "tones.pt").stat().st_mtime_ns == stamp
+    assert "seed 3: trained earlier" in capsys.readouterr().out
+    assert json.loads((out / "seeds.json").read_text())["seeds"] == [3, 4, 5]
+    assert main([*argv, "--resume", "some.ckpt"]) == 1
+    assert "--resume takes only 'last'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*argv[:-3], "1,1"])
+
+
 def test_existing_run_needs_resume_and_same_network(reference, config_path, tmp_path, capsys):
     assert main(["train", "--config", str(config_path), "--out", str(reference)]) == 1
     assert "pass --resume last to continue" in capsys.readouterr().err
