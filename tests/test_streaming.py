@@ -695,8 +695,10 @@ def test_kws_bench_stream_sweeps_thresholds(tiny, dev_root, tmp_path, capsys):
     assert code == 0, err
     assert json.loads(out.read_text())["results"][-1]["thresholds"] == thresholds
     (tmp_path / "bad.json").write_text('{"thresholds": {"yes": 1.5}}')
+    (tmp_path / "other.json").write_text('{"thresholds": {"marvin": 0.5}}')
     for path, message in [(tmp_path / "none.json", "no such file"),
-                          (tmp_path / "bad.json", "a number in (0, 1]")]:
+                          (tmp_path / "bad.json", "a number in (0, 1]"),
+                          (tmp_path / "other.json", "['marvin'] are not labels")]:
         code, _, err = run_cli(["bench", "stream", "--model", str(onnx_path), "--data",
                                 str(dev_root), "--keyword-thresholds", str(path)], capsys)
         assert code != 0 and message in err and str(path) in err and "Traceback" not in err

@@ -230,6 +230,10 @@ def run_bench_stream(args: argparse.Namespace) -> int:
                         f"got {args.calibrate:g}")
     detector = make_detector(args, thresholds[0], record=True)
     backend = detector.backend
+    unknown = sorted(set(from_file) - set(detector.labels))
+    if unknown:  # found now, not after the whole stream has run
+        raise UserError(f"--keyword-thresholds {args.keyword_thresholds}: {unknown} are not "
+                        f"labels of {args.model} ({detector.labels})")
     root = find_data_root(args.data)
     keywords = [label for label, t in zip(detector.labels, detector.decoder.thresholds,
                                           strict=True) if t <= 1]
