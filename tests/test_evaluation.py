@@ -37,7 +37,14 @@ from kws.evaluation.evaluate import (
     sweep,
 )
 from kws.evaluation.options import parse_rates
-from kws.evaluation.report import ModelRecord, markdown_table, model_card, portable, table_row
+from kws.evaluation.report import (
+    ModelRecord,
+    markdown_table,
+    model_card,
+    portable,
+    streaming_facts,
+    table_row,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SC12 = list(TASKS["sc12"])
@@ -455,6 +462,44 @@ def test_model_card_lists_every_rate_and_the_commands():
     assert "| 11025 | skipped: decimate needs an integer ratio" in card
     assert "- evaluate: `kws eval models/s4d_raw.pt --data /data`" in card
     assert "val/acc: 0.93" in card
+
+
+def test_model_card_lists_the_models_streaming_exports_and_their_measurements(tmp_path):
+    for folder in ("models", "export", "results"):
+        (tmp_path / folder).mkdir()
+    checkpoint = tmp_path / "models" / "m.pt"
+    sidecar = {"kind": "streaming", "source_checkpoint": "models/m.pt", "sample_rate": 8000,
+               "chunk_samples": 160}
+    (tmp_path / "export" / "m_stream_8k.json").write_text(json.dumps(sidecar))
+    (tmp_path / "export" / "m_stream_8k.onnx").write_bytes(b"\0" * 250_000)
+    other = {**sidecar, "source_checkpoint": "models/other.pt"}  # another model's export
+    (tmp_path / "export" / "other_stream.json").write_text(json.dumps(other))
+    (tmp_path / "results" / "bench_stream_speed.json").write_text(json.dumps({"rows": [
+        {"path": "export/m_stream_8k.onnx", "threads": 1, "step1_rtf": 0.0151,
+         "detector_rtf": 0.0249},
+        {"path": "export/m_stream_8k.onnx", "threads": 2, "step1_rtf": 0.05,
+         "detector_rtf": 0.09},
+        {"path": "export/other_stream.onnx", "threads": 1, "step1_rtf": 0.5,
+         "detector_rtf": 0.9}]}))
+    (tmp_path / "results" / "bench_stream_m.json").write_text(json.dumps({
+        "model": "export/m_stream_8k.onnx", "split": "test", "stream": {"duration_s": 600.0},
+        "results": [{"threshold": 0.8, "hit_rate": 0.705, "false_alarms_per_hour": 78.0},
+                    {"threshold": None, "hit_rate": 0.533, "false_alarms_per_hour": 30.0}]}))
+    (tmp_path / "results" / "bench_stream_broken.json").write_text("{not json")
+
+    (fact,) = streaming_facts(checkpoint)
+    assert fact["export"] == "export/m_stream_8k.onnx" and fact["chunk_ms"] == 20.0
+    assert fact["bytes"] == 250_000 and len(fact["speed"]) == 1 and len(fact["detection"]) == 1
+    card = model_card(ModelRecord("m", {}, hand_entry("m", {16000: 0.9}), checkpoint))
+    assert ("| `export/m_stream_8k.onnx` | 8000 Hz | 20 ms | 0.25 MB | 0.015 | 0.025 "
+            "| results/bench_stream_speed.json |") in card
+    assert ("on a 10-min stream of test speakers (results/bench_stream_m.json): 0.8: 70.5% "
+            "hits, 78 FA/h; per-keyword: 53.3% hits, 30 FA/h.") in card
+    # one row: not the 2-thread measurement, nothing of the other model's export
+    assert len([line for line in card.splitlines() if line.startswith("| `export/")]) == 1
+    assert streaming_facts(None) == []
+    assert "## Streaming" not in model_card(ModelRecord("x", {}, hand_entry("x", {16000: 0.9}),
+                                                        tmp_path / "models" / "x.pt"))
 
 
 # -- real data -----------------------------------------------------------------------------

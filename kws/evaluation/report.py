@@ -279,11 +279,97 @@ def model_card(record: ModelRecord) -> str:
             out.append(f"| {skip['sample_rate']} | skipped: {skip['reason']} | | | |")
         if any(result.get("accuracy_ci95") for result in entry["results"]):
             out += ["", f"Interval: {CI_METHOD}."]
+    out += streaming_section(streaming_facts(record.checkpoint))
     commands = [("train", train.get("command")), ("evaluate", entry.get("command"))]
     if any(cmd for _, cmd in commands):
         out += ["", "## Commands", ""]
         out += [f"- {what}: `{portable(cmd)}`" for what, cmd in commands if cmd]
     return "\n".join(out) + "\n"
+
+
+def _json_files(folder: Path, pattern: str) -> list[tuple[Path, dict[str, Any]]]:
+    """(path, object) for the readable JSON objects in ``folder`` matching ``pattern``."""
+    found = []
+    for path in sorted(folder.glob(pattern)) if folder.is_dir() else []:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue  # a card must not fail on an unrelated broken file
+        if isinstance(data, dict):
+            found.append((path, data))
+    return found
+
+
+def streaming_facts(checkpoint: Path | None) -> list[dict[str, Any]]:
+    """The streaming exports made from ``checkpoint`` and what was measured on them.
+
+    Looks where this repository keeps them, beside the checkpoint's folder:
+    ``export/*.json`` sidecars whose ``source_checkpoint`` is this file, speed rows of
+    ``results/bench_stream*.json`` (``benchmarks/bench_stream.py``, one thread) and
+    detection reports there (``kws bench stream --json``) that name the export.
+    """
+    if checkpoint is None:
+        return []
+    root = Path(checkpoint).resolve().parent.parent
+    results = _json_files(root / "results", "bench_stream*.json")
+    facts = []
+    for sidecar_path, sidecar in _json_files(root / "export", "*.json"):
+        source = Path(str(sidecar.get("source_checkpoint") or ""))
+        if sidecar.get("kind") != "streaming" or source.name != Path(checkpoint).name:
+            continue
+        onnx = sidecar_path.with_suffix(".onnx")
+        rate, chunk = sidecar.get("sample_rate"), sidecar.get("chunk_samples")
+        fact: dict[str, Any] = {
+            "export": f"export/{onnx.name}", "sample_rate": rate,
+            "chunk_ms": 1000 * chunk / rate if rate and chunk else None,
+            "bytes": onnx.stat().st_size if onnx.is_file() else None, "speed": [],
+            "detection": [],
+        }
+        for path, report in results:
+            for row in report.get("rows") or []:
+                if Path(str(row.get("path", ""))).name == onnx.name and row.get("threads") == 1:
+                    fact["speed"].append({"source": f"results/{path.name}",
+                                          "step_rtf": row.get("step1_rtf"),
+                                          "detector_rtf": row.get("detector_rtf"),
+                                          "load_1min": row.get("load_1min")})
+            if Path(str(report.get("model", ""))).name == onnx.name and report.get("results"):
+                fact["detection"].append({"source": f"results/{path.name}",
+                                          "split": report.get("split"),
+                                          "minutes": (report.get("stream") or {}).get(
+                                              "duration_s", 0) / 60,
+                                          "results": report["results"]})
+        facts.append(fact)
+    return facts
+
+
+def streaming_section(facts: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of a card's streaming section (none without exports)."""
+    if not facts:
+        return []
+    out = ["", "## Streaming exports", "",
+           "Real-time factor: CPU seconds per second of audio on one thread "
+           "(`benchmarks/bench_stream.py`); the detector runs two staggered state copies.", "",
+           "| export | rate | chunk | size | step RTF | detector RTF | measured in |",
+           "|---|---:|---:|---:|---:|---:|---|"]
+    for fact in facts:
+        size = "–" if fact["bytes"] is None else f"{fact['bytes'] / 1e6:.2f} MB"
+        chunk = "–" if fact["chunk_ms"] is None else f"{fact['chunk_ms']:g} ms"
+        speeds = fact["speed"] or [{"step_rtf": None, "detector_rtf": None, "source": "–"}]
+        for speed in speeds:
+            step = "–" if speed["step_rtf"] is None else f"{speed['step_rtf']:.3f}"
+            detector = "–" if speed["detector_rtf"] is None else f"{speed['detector_rtf']:.3f}"
+            out.append(f"| `{fact['export']}` | {fact['sample_rate']} Hz | {chunk} | {size} "
+                       f"| {step} | {detector} | {speed['source']} |")
+    for fact in facts:
+        for run in fact["detection"]:
+            rows = []
+            for r in run["results"]:
+                at = f"{r['threshold']:g}" if r.get("threshold") is not None else "per-keyword"
+                rows.append(f"{at}: {100 * r['hit_rate']:.1f}% hits, "
+                            f"{r['false_alarms_per_hour']:.0f} FA/h")
+            out += ["", f"Detection, `{fact['export']}` on a {run['minutes']:.0f}-min stream of "
+                    f"{run['split']} speakers ({run['source']}): " + "; ".join(rows) + "."]
+    return out
 
 
 def write_card(record: ModelRecord, folder: str | Path | None = None) -> list[Path]:
