@@ -464,6 +464,23 @@ def test_model_card_lists_every_rate_and_the_commands():
     assert "val/acc: 0.93" in card
 
 
+def test_accuracy_plot_draws_the_speaker_bootstrap_band_where_the_report_has_one():
+    from kws.evaluation.plots import accuracy_figure
+
+    banded = hand_entry("a", {8000: 0.8, 16000: 0.9})
+    for result, band in zip(banded["results"], ([0.7, 0.88], [0.85, 0.95]), strict=True):
+        result["accuracy_ci95"] = band
+    plain = hand_entry("b", {8000: 0.5, 16000: 0.6})
+    fig = accuracy_figure({"rates": [8000, 16000], "resampler": "soxr", "split": "test",
+                           "checkpoints": [banded, plain]})
+    (ax,) = fig.axes
+    assert len(ax.lines) == 3  # two models and the 16 kHz marker
+    (band,) = ax.collections  # only the model with intervals
+    lows_highs = band.get_paths()[0].vertices[:, 1]
+    assert lows_highs.min() == pytest.approx(70.0) and lows_highs.max() == pytest.approx(95.0)
+    assert "95% speaker bootstrap" in ax.get_title()
+
+
 def test_model_card_lists_the_models_streaming_exports_and_their_measurements(tmp_path):
     for folder in ("models", "export", "results"):
         (tmp_path / folder).mkdir()

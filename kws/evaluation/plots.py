@@ -34,16 +34,29 @@ def model_label(entry: dict[str, Any]) -> str:
 
 
 def plot_accuracy_vs_rate(report: dict[str, Any], path: str | Path) -> Path:
-    """Accuracy (%) against sample rate on a log axis, one line per checkpoint, 16 kHz marked."""
+    """Write ``accuracy_figure(report)`` to ``path``."""
+    return _save(accuracy_figure(report), Path(path))
+
+
+def accuracy_figure(report: dict[str, Any]) -> Figure:
+    """Accuracy (%) against sample rate on a log axis, one line per checkpoint, 16 kHz marked.
+
+    Where the report has speaker-bootstrap intervals, each line gets its 95% band.
+    """
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.add_subplot()
     rates = sorted(set(report["rates"]))
     for entry in report["checkpoints"]:
-        points = [(r["sample_rate"], 100 * r["accuracy"]) for r in entry["results"]
-                  if r["accuracy"] is not None]
-        if points:
-            x, y = zip(*sorted(points), strict=True)
-            ax.plot(x, y, marker="o", label=model_label(entry))
+        results = sorted((r for r in entry["results"] if r["accuracy"] is not None),
+                         key=lambda r: r["sample_rate"])
+        if results:
+            x = [r["sample_rate"] for r in results]
+            (line,) = ax.plot(x, [100 * r["accuracy"] for r in results], marker="o",
+                              label=model_label(entry))
+            bands = [r.get("accuracy_ci95") for r in results]
+            if all(bands):
+                ax.fill_between(x, [100 * b[0] for b in bands], [100 * b[1] for b in bands],
+                                color=line.get_color(), alpha=0.12, linewidth=0)
     ax.axvline(SOURCE_RATE, color="0.5", linestyle="--", linewidth=1)
     ax.text(SOURCE_RATE, 0.97, " 16 kHz (native)", transform=ax.get_xaxis_transform(),
             color="0.4", fontsize=8, va="top")
@@ -55,11 +68,12 @@ def plot_accuracy_vs_rate(report: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(True, alpha=0.3)
+    bands = any(r.get("accuracy_ci95") for e in report["checkpoints"] for r in e["results"])
     ax.set_title(f"Zero-shot accuracy at resampled rates (resampler {report['resampler']}, "
-                 f"split {report['split']})")
+                 f"split {report['split']})" + ("\nbands: 95% speaker bootstrap" if bands else ""))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="best")
-    return _save(fig, Path(path))
+    return fig
 
 
 def plot_confusion(
