@@ -426,6 +426,10 @@ def test_pipeline_trains_and_scores_at_16_and_8_khz(tmp_path, capsys):
     assert "16000 Hz" in printed and "8000 Hz" in printed
     summary = yaml.safe_load((out / "summary.json").read_text())
     assert [r["sample_rate"] for r in summary["results"]] == [16000, 8000]
+    for r in summary["results"]:
+        low, high = r["accuracy_ci95"]
+        assert low <= r["accuracy"] <= high
+    assert "95% interval (speakers)" in printed
     assert summary["model"] == "s4d" and summary["test_clips"] > 0
     assert (out / "checkpoints" / "tiny_mfcc.pt").is_file()
     groups = read_checkpoint(out / "checkpoints" / "last.ckpt")["optimizer_states"][0]

@@ -76,7 +76,8 @@ def run_pipeline(
         "test_clips": entry["split"]["n_clips"],
         "test_speakers": entry["split"]["n_speakers"],
         "results": [
-            {"sample_rate": r["sample_rate"], "accuracy": r["accuracy"]} for r in entry["results"]
+            {"sample_rate": r["sample_rate"], "accuracy": r["accuracy"],
+             "accuracy_ci95": r.get("accuracy_ci95")} for r in entry["results"]
         ],
         "skipped": entry["skipped"],
     }
@@ -93,10 +94,13 @@ def print_table(summary: dict[str, Any]) -> None:
     table = Table(title=f"{summary['model']} on {summary['pipeline']}, task {summary['task']}")
     table.add_column("sample rate", justify="right")
     table.add_column("test accuracy", justify="right")
+    table.add_column("95% interval (speakers)", justify="right")
     for row in summary["results"]:
-        table.add_row(f"{row['sample_rate']} Hz", f"{100 * row['accuracy']:.2f}%")
+        band = row.get("accuracy_ci95")
+        table.add_row(f"{row['sample_rate']} Hz", f"{100 * row['accuracy']:.2f}%",
+                      f"{100 * band[0]:.1f}-{100 * band[1]:.1f}%" if band else "n/a")
     for row in summary["skipped"]:
-        table.add_row(f"{row['sample_rate']} Hz", f"skipped: {row['reason']}")
+        table.add_row(f"{row['sample_rate']} Hz", f"skipped: {row['reason']}", "")
     console = Console()
     console.print(table)
     console.print(
