@@ -138,7 +138,7 @@ CI_METHOD = (
 def speaker_groups(clips: Sequence[Any]) -> np.ndarray:
     """One integer per clip naming its speaker; clips with no speaker get one each."""
     keys = [c.speaker if getattr(c, "speaker", None) else f"#clip{i}" for i, c in enumerate(clips)]
-    _, groups = np.unique(np.array(keys, dtype=object).astype(str), return_inverse=True)
+    _, groups = np.unique(keys, return_inverse=True)
     return groups.astype(np.int64)
 
 

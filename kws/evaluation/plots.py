@@ -68,9 +68,9 @@ def accuracy_figure(report: dict[str, Any]) -> Figure:
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(True, alpha=0.3)
-    bands = any(r.get("accuracy_ci95") for e in report["checkpoints"] for r in e["results"])
+    banded = any(r.get("accuracy_ci95") for e in report["checkpoints"] for r in e["results"])
     ax.set_title(f"Zero-shot accuracy at resampled rates (resampler {report['resampler']}, "
-                 f"split {report['split']})" + ("\nbands: 95% speaker bootstrap" if bands else ""))
+                 f"split {report['split']})" + ("\nbands: 95% speaker bootstrap" if banded else ""))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="best")
     return fig

@@ -139,7 +139,8 @@ def accuracy(entry: dict[str, Any] | None, rate: int) -> float | None:
     return None if result is None else result["accuracy"]
 
 
-def _interval(interval: list[float] | None) -> str:
+def format_interval(interval: list[float] | None) -> str:
+    """An ``accuracy_ci95`` pair as "85.3–94.6%" ("–" when there is none)."""
     return "–" if not interval else f"{100 * interval[0]:.1f}–{100 * interval[1]:.1f}%"
 
 
@@ -175,7 +176,7 @@ def markdown_table(rows: Iterable[dict[str, Any]]) -> str:
             row["pipeline"] or "–",
             "–" if row["params"] is None else f"{row['params']:,}",
             _pct(row["acc_16k"]),
-            _interval(row["ci_16k"]),
+            format_interval(row["ci_16k"]),
             _pct(row["acc_8k"]),
             "–" if row["ratio_8k_16k"] is None else f"{row['ratio_8k_16k']:.3f}",
             "–" if row["min_acc"] is None else
@@ -272,7 +273,7 @@ def model_card(record: ModelRecord) -> str:
         for result in entry["results"]:
             out.append(
                 f"| {result['sample_rate']} | {_pct(result['accuracy'])} "
-                f"| {_interval(result.get('accuracy_ci95'))} | {result['n_clips']} "
+                f"| {format_interval(result.get('accuracy_ci95'))} | {result['n_clips']} "
                 f"| {result['rate_factor']:.4g} |"
             )
         for skip in entry.get("skipped", []):

@@ -90,15 +90,16 @@ def print_table(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from kws.evaluation.report import format_interval
+
     val_acc = "n/a" if summary["val_acc"] is None else f"{100 * summary['val_acc']:.1f}%"
     table = Table(title=f"{summary['model']} on {summary['pipeline']}, task {summary['task']}")
     table.add_column("sample rate", justify="right")
     table.add_column("test accuracy", justify="right")
     table.add_column("95% interval (speakers)", justify="right")
     for row in summary["results"]:
-        band = row.get("accuracy_ci95")
         table.add_row(f"{row['sample_rate']} Hz", f"{100 * row['accuracy']:.2f}%",
-                      f"{100 * band[0]:.1f}-{100 * band[1]:.1f}%" if band else "n/a")
+                      format_interval(row.get("accuracy_ci95")))
     for row in summary["skipped"]:
         table.add_row(f"{row['sample_rate']} Hz", f"skipped: {row['reason']}", "")
     console = Console()

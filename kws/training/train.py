@@ -24,6 +24,7 @@ batch_size x devices x num_nodes and the LR schedule counts per-rank steps.
 from __future__ import annotations
 
 import importlib.util
+import statistics
 import sys
 import time
 import warnings
@@ -120,12 +121,13 @@ class AveragedWeights(EMAWeightAveraging):
     validation, the best checkpoint, the test and the shipped model.
 
     With a few thousand clips the weights of one step wander with the batch they
-    last saw; their running average generalises a little better and picks the best
-    epoch more steadily. Lightning's callback keeps it; checkpoints hold the average
-    as ``state_dict`` (so ``load_spotter`` reads it) and the raw weights beside it
-    for resuming. One change: outside ``fit`` (``trainer.test`` on the best
-    checkpoint) the checkpoint is taken as it is, so the test scores the average,
-    as the shipped model does, not the raw weights saved beside it.
+    last saw, and their running average is the usual remedy (on the dev split it
+    was within seed noise: README, "Seeds"). Lightning's callback keeps it;
+    checkpoints hold the average as ``state_dict`` (so ``load_spotter`` reads it)
+    and the raw weights beside it for resuming. One change: outside ``fit``
+    (``trainer.test`` on the best checkpoint) the checkpoint is taken as it is, so
+    the test scores the average, as the shipped model does, not the raw weights
+    saved beside it.
     """
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
@@ -321,9 +323,8 @@ def seed_summary(metrics: dict[int, dict[str, float]]) -> dict[str, Any]:
     out: dict[str, Any] = {"seeds": seeds, "metrics": {}}
     for key in sorted(keys):
         values = [float(metrics[s][key]) for s in seeds]
-        mean = sum(values) / len(values)
-        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-        out["metrics"][key] = {"values": values, "mean": mean, "sd": var**0.5,
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        out["metrics"][key] = {"values": values, "mean": statistics.fmean(values), "sd": sd,
                                "min": min(values), "max": max(values)}
     return out
 
