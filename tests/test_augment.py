@@ -140,3 +140,47 @@ def test_dataset_with_noise_from_the_train_region(tmp_path):
     assert not np.array_equal(first.numpy(), ClipDataset(data.clips())[0][0].numpy())
     dataset.set_epoch(1)
     assert not np.array_equal(dataset[0][0].numpy(), first.numpy())
+
+
+def band_energy(audio: np.ndarray, low_hz: float, high_hz: float) -> float:
+    spectrum = np.abs(np.fft.rfft(audio.astype(np.float64))) ** 2
+    freqs = np.fft.rfftfreq(len(audio), 1 / RATE)
+    return float(spectrum[(freqs >= low_hz) & (freqs < high_hz)].sum())
+
+
+def test_low_rate_removes_the_band_above_its_nyquist_and_keeps_the_rest():
+    clip = tone(1000, amp=0.3) + tone(6000, amp=0.3)
+    aug = Augmenter(shift_ms=0, noise_prob=0.0, low_rate_prob=1.0, low_rate=(8000, 8000))
+    draw = aug.draw(0, len(clip))
+    assert draw.low_rate == 8000
+    out = aug.apply(clip, draw)
+    assert out.shape == clip.shape and out.dtype == np.float32
+    # 6 kHz is above 8 kHz's Nyquist: gone (less than 0.1% left); 1 kHz passes within 1%
+    assert band_energy(out, 5500, 6500) < 1e-3 * band_energy(clip, 5500, 6500)
+    assert band_energy(out, 500, 1500) == pytest.approx(band_energy(clip, 500, 1500), rel=0.01)
+
+
+def test_low_rate_probability_and_range_leave_the_other_draws_alone(noise):
+    plain = Augmenter(noise, speed=(0.9, 1.1))
+    limited = Augmenter(noise, speed=(0.9, 1.1), low_rate_prob=0.5, low_rate=(8000, 12000))
+    rates = []
+    for index in range(400):
+        before, after = plain.draw(index, RATE), limited.draw(index, RATE)
+        assert before.low_rate is None
+        # the band limit has draws of its own: switching it on changes no other choice
+        assert (after.speed, after.shift, after.noise_index, after.snr_db) == (
+            before.speed, before.shift, before.noise_index, before.snr_db)
+        if after.low_rate is not None:
+            rates.append(after.low_rate)
+    assert 160 < len(rates) < 240
+    assert 8000 <= min(rates) < 8500 and 11500 < max(rates) <= 12000
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"low_rate_prob": 1.5}, r"low_rate_prob must be in \[0, 1\]"),
+    ({"low_rate": (8000, 22050)}, r"low_rate must be .* <= the sample rate 16000"),
+    ({"low_rate": (12000, 8000)}, r"low_rate must be \(low, high\)"),
+])
+def test_low_rate_settings_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Augmenter(**kwargs)

@@ -51,7 +51,7 @@ SC12 = list(TASKS["sc12"])
 #: the report's schema: changing it breaks model cards and kws results, so it is pinned here
 REPORT_KEYS = {"kws_version", "created", "command", "data", "split", "rates", "resampler",
                "source_rate", "mfcc_policy", "ci_method", "batch_size", "threads", "limit",
-               "seconds", "checkpoints"}
+               "seconds", "checkpoints", "reference"}
 ENTRY_KEYS = {"name", "checkpoint", "model", "pipeline", "params", "task", "labels",
               "trained_rate", "feature_config", "rate_policy", "split", "resampler",
               "source_rate", "command", "results", "skipped"}
@@ -150,6 +150,47 @@ def test_sweep_with_decimate_skips_and_records_what_it_cannot_make():
     reasons = {s["sample_rate"]: s["reason"] for s in ev.skipped}
     assert set(reasons) == {11025, 32000}
     assert "integer ratio" in reasons[11025] and "upsample" in reasons[32000]
+
+
+class RateBlindSpotter(ToneSpotter):
+    """Reads every clip as if it were at 16 kHz: right there, wrong at any other rate."""
+
+    def forward(self, wave: torch.Tensor, sample_rate: int | None = None) -> torch.Tensor:
+        return super().forward(wave, 16000)
+
+
+def test_reference_separates_what_the_band_removes_from_what_the_model_loses():
+    freqs = [1000.0, 2500.0, 6000.0]  # 6 kHz is above 8 kHz's Nyquist
+    waves = np.stack([tone(f, rate=16000) for f in freqs])
+    targets = np.arange(3)
+    aware = Evaluand("aware", ToneSpotter(freqs), ["a", "b", "c"], targets, trained_rate=16000)
+    blind = Evaluand("blind", RateBlindSpotter(freqs), ["a", "b", "c"], targets,
+                     trained_rate=16000)
+    sweep([aware, blind], waves, [8000, 16000, 32000], "soxr", reference=True)
+    at = {ev.name: {r["sample_rate"]: r for r in ev.results} for ev in (aware, blind)}
+    # 8 kHz: the band loses the 6 kHz tone for both; the blind model also misreads the rest
+    assert at["aware"][8000]["accuracy"] == at["aware"][8000]["reference_accuracy"] == 2 / 3
+    blind_8k = at["blind"][8000]["per_class_accuracy"]
+    assert blind_8k["a"] == blind_8k["b"] == 0.0  # the tones the band keeps, misread
+    assert at["blind"][8000]["reference_accuracy"] == 2 / 3
+    # 32 kHz carries every tone: the reference is perfect, the blind model reads them at half
+    assert at["blind"][32000]["reference_accuracy"] == 1.0
+    assert at["blind"][32000]["accuracy"] < 1.0
+    # at the trained rate the reference is the score itself; the references ran at 16 kHz
+    assert all(r["reference_accuracy"] == r["accuracy"] for r in (at["blind"][16000],
+                                                                    at["aware"][16000]))
+    assert (16000, (3, 16000)) in blind.spotter.calls
+    assert sum(1 for rate, _ in aware.spotter.calls if rate == 16000) == 3  # 16k + two trips
+    plain = Evaluand("plain", ToneSpotter(freqs), ["a", "b", "c"], targets)
+    sweep([plain], waves, [8000], "soxr")
+    assert "reference_accuracy" not in plain.results[0]
+
+
+def test_reference_with_decimate_comes_back_through_soxr():
+    ev = Evaluand("tones", ToneSpotter(FREQS), ["a", "b", "c"], np.array([0, 1, 2]))
+    sweep([ev], tone_waves([0, 1, 2]), [8000], "decimate", reference=True)
+    assert ev.results[0]["reference_accuracy"] == 1.0
+    assert (16000, (3, 16000)) in ev.spotter.calls
 
 
 def small_spotter(family: str, kind: str, seed: int):
@@ -325,12 +366,13 @@ def test_kws_eval_writes_json_and_plots_for_a_flac_folder(flac_root, checkpoint,
     code, stdout, stderr = run_kws(
         ["eval", str(checkpoint), "--data", str(flac_root), "--split", "all", "--rates",
          "8000,16000,44100", "--resampler", "sinc", "--json", str(out), "--batch-size", "8",
-         "--threads", "1", "--cards"], capsys)
+         "--threads", "1", "--cards", "--reference"], capsys)
     assert code == 0, stderr
     report = json.loads(out.read_text())
-    assert set(report) == REPORT_KEYS
+    assert set(report) == REPORT_KEYS and report["reference"] is True
     assert set(report["checkpoints"][0]) == ENTRY_KEYS
-    assert all(set(r) == RESULT_KEYS for r in report["checkpoints"][0]["results"])
+    with_reference = RESULT_KEYS | {"reference_accuracy", "reference_accuracy_ci95"}
+    assert all(set(r) == with_reference for r in report["checkpoints"][0]["results"])
     assert report["rates"] == [8000, 16000, 44100] and report["resampler"] == "sinc"
     assert report["split"] == "all" and "ms" in report["mfcc_policy"]
     assert set(report["seconds"]) == {"total", "load_audio", "resample"}
@@ -339,6 +381,7 @@ def test_kws_eval_writes_json_and_plots_for_a_flac_folder(flac_root, checkpoint,
     assert entry["labels"] == SC12 and entry["trained_rate"] == 16000 and entry["skipped"] == []
     assert entry["split"]["n_clips"] == 24 and entry["split"]["rule"] == "every clip of the folder"
     assert entry["command"].startswith("kws eval ") and "--resampler sinc" in entry["command"]
+    assert "--reference" in entry["command"]
     from kws.training.checkpoint import load_spotter
 
     assert entry["params"] == load_spotter(checkpoint)[0].model.n_parameters > 0
@@ -354,13 +397,16 @@ def test_kws_eval_writes_json_and_plots_for_a_flac_folder(flac_root, checkpoint,
         assert result["seconds"] >= 0 and result["resample_seconds"] >= 0
         low, high = result["accuracy_ci95"]
         assert 0 <= low <= result["accuracy"] <= high <= 1 and high > low
+        assert result["reference_accuracy"] == pytest.approx(2 / 24)  # it says "no" to all
     assert re.search(r"\| tcn_mfcc \| 8.33% \| 8.33% \| 8.33% \|", stdout)
     pngs = sorted(p.name for p in out.parent.glob("*.png"))
     assert pngs == ["eval_accuracy_vs_rate.png", "eval_tcn_mfcc_confusion_16000.png",
                     "eval_tcn_mfcc_confusion_8000.png"]
     assert all((out.parent / p).read_bytes().startswith(PNG_MAGIC) for p in pngs)
     card = (checkpoint.parent / "tcn_mfcc.md").read_text()
-    assert re.search(r"\| 44100 \| 8.33% \| \d+\.\d–\d+\.\d% \| 24 \| 1 \|", card)
+    assert re.search(r"\| 44100 \| 8.33% \| \d+\.\d–\d+\.\d% \| 8.33% \| \d+\.\d–\d+\.\d% "
+                     r"\| 1.000 \| 24 \| 1 \|", card)
+    assert "Reference: the same audio, resampled back to 16000 Hz" in card
     assert "1.2 min" in card and "speaker bootstrap" in card
     stored = json.loads((checkpoint.parent / "tcn_mfcc.eval.json").read_text())
     assert stored["metrics"]["eval"]["results"] == entry["results"]
@@ -370,7 +416,7 @@ def test_kws_eval_writes_json_and_plots_for_a_flac_folder(flac_root, checkpoint,
     code, stdout, _ = run_kws(["results", "--models", str(checkpoint.parent)], capsys)
     assert code == 0
     assert "| tcn_mfcc (tcn) | mfcc |" in stdout
-    assert re.search(r"\| 8.33% \| \d+\.\d–\d+\.\d% \| 8.33% \| 1.000 \|", stdout)
+    assert re.search(r"\| 8.33% \| \d+\.\d–\d+\.\d% \| 8.33% \| 1.000 \| 8.33% \|", stdout)
 
 
 def test_kws_eval_default_split_is_the_checkpoints_test_split(flac_root, checkpoint, tmp_path,
@@ -432,14 +478,14 @@ def test_results_table_numbers_from_an_eval_report(tmp_path, capsys):
     assert row["ratio_8k_16k"] == pytest.approx(0.5)
     assert (row["min_acc"], row["min_rate"]) == (0.3, 48000)
     table = markdown_table([row])
-    assert ("| s4d_raw (s4d) | raw | 123,456 | 90.00% | – | 45.00% | 0.500 | 30.00% @ 48k | "
+    assert ("| s4d_raw (s4d) | raw | 123,456 | 90.00% | – | 45.00% | 0.500 | – | 30.00% @ 48k | "
             "`kws eval models/s4d_raw.pt --data /data` |") in table
     report = tmp_path / "eval.json"
     report.write_text(json.dumps({"checkpoints": [entry]}))
     code, stdout, err = run_kws(["results", "--models", str(tmp_path / "none"), "--eval",
                                  str(report)], capsys)
     assert code == 0, err
-    assert "| 90.00% | – | 45.00% | 0.500 |" in stdout
+    assert "| 90.00% | – | 45.00% | 0.500 | – |" in stdout
     code, _, err = run_kws(["results", "--models", str(tmp_path / "none")], capsys)
     assert code == 1 and "no such folder" in err
 
@@ -479,6 +525,21 @@ def test_accuracy_plot_draws_the_speaker_bootstrap_band_where_the_report_has_one
     lows_highs = band.get_paths()[0].vertices[:, 1]
     assert lows_highs.min() == pytest.approx(70.0) and lows_highs.max() == pytest.approx(95.0)
     assert "95% speaker bootstrap" in ax.get_title()
+
+
+def test_accuracy_plot_draws_the_reference_dotted_in_the_model_s_colour():
+    from kws.evaluation.plots import accuracy_figure
+
+    entry = hand_entry("a", {8000: 0.6, 16000: 0.9})
+    for result, ref in zip(entry["results"], (0.7, 0.9), strict=True):
+        result["reference_accuracy"] = ref
+    fig = accuracy_figure({"rates": [8000, 16000], "resampler": "soxr", "split": "test",
+                           "checkpoints": [entry]})
+    (ax,) = fig.axes
+    model, reference = ax.lines[0], ax.lines[1]
+    assert reference.get_linestyle() == ":" and reference.get_color() == model.get_color()
+    assert list(reference.get_ydata()) == pytest.approx([70.0, 90.0])
+    assert "reference (same audio at 16k)" in reference.get_label()
 
 
 def test_model_card_lists_the_models_streaming_exports_and_their_measurements(tmp_path):

@@ -7,6 +7,7 @@ sidecar alone (names, shapes, zero initial states).
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import onnxruntime as ort
@@ -156,6 +157,28 @@ def test_raw_s4_exported_at_8khz_runs_with_rate_factor_two(tmp_path):
     clip = export_spotter(spotter, tmp_path / "s4_8k_clip.onnx", sample_rate=8000)
     sess = ort.InferenceSession(str(clip.onnx_path), providers=["CPUExecutionProvider"])
     assert rel_err(sess.run(["logits"], {"audio": wave.numpy()})[0], want) < TOL
+
+
+@pytest.mark.parametrize("family", ["s4", "s4d"])
+def test_band_limited_s4_exports_cut_the_modes_of_the_rate_they_serve(tmp_path, family):
+    """The band limit is judged with the baked dt: the 8 kHz export cuts more modes than the
+    16 kHz one, and each matches torch at its own rate, streaming and clip alike."""
+    spotter = make_spotter(family, "raw", n_layers=1, d_state=16, dt_min=0.1, dt_max=1.0,
+                           bandlimit=1.0)
+    layer = spotter.model.blocks[0].ssm
+    turns = layer.A_imag.abs() * torch.exp(layer.log_dt).unsqueeze(-1) / (2 * math.pi)
+    assert (turns >= 0.5).sum() < (2 * turns >= 0.5).sum() < turns.numel()
+    for rate in (16000, 8000):
+        factor = 16000 / rate
+        spec = export_spotter(spotter, tmp_path / f"band_{rate}.onnx", streaming=True,
+                              sample_rate=rate)
+        wave = speechy(2, rate)
+        with torch.no_grad():
+            want = spotter.model(spotter.frontend(wave), rate_factor=factor).numpy()
+        assert rel_err(onnx_stream(spec, wave.numpy())[:, -1], want) < TOL
+        clip = export_spotter(spotter, tmp_path / f"band_{rate}_clip.onnx", sample_rate=rate)
+        sess = ort.InferenceSession(str(clip.onnx_path), providers=["CPUExecutionProvider"])
+        assert rel_err(sess.run(["logits"], {"audio": wave.numpy()})[0], want) < TOL
 
 
 @pytest.mark.parametrize("family", ["s4", "s4d"])

@@ -400,3 +400,37 @@ def test_step_exports_to_onnx(kernel, tmp_path):
         want = Step()(x, state)
     for g, w in zip(got, want, strict=True):
         assert rel_err(torch.from_numpy(g), w) < 1e-5
+
+
+@pytest.mark.parametrize("kernel", ["dplr", "diag-lin"])
+def test_bandlimit_cuts_the_modes_past_it_at_the_step_in_use(kernel):
+    """Modes turning bandlimit / 2 or more per step leave the output: in the kernel and in the
+    streaming step alike, judged with the rescaled dt, and nothing else changes."""
+    torch.manual_seed(0)
+    layer = S4Layer(6, 32, kernel=kernel, dt_min=0.01, dt_max=0.5).eval()
+    limited = S4Layer(6, 32, kernel=kernel, dt_min=0.01, dt_max=0.5, bandlimit=1.0).eval()
+    limited.load_state_dict(layer.state_dict())
+    turns = layer.A_imag.abs() * torch.exp(layer.log_dt).unsqueeze(-1) / (2 * math.pi)
+    for factor in (1.0, 2.0):
+        cut = turns * factor >= 0.5  # (H, N/2): above Nyquist at this step
+        assert 0 < cut.sum() < cut.numel()
+        by_hand = S4Layer(6, 32, kernel=kernel, dt_min=0.01, dt_max=0.5).eval()
+        by_hand.load_state_dict(layer.state_dict())
+        with torch.no_grad():
+            by_hand.C[:, cut] = 0
+            want = by_hand.kernel(300, factor)
+            assert torch.equal(limited.kernel(300, factor), want)
+            assert not torch.allclose(layer.kernel(300, factor), want)
+            # the recurrence that streaming and export run cuts the same modes
+            assert rel_err(time_domain_kernel(limited, 300, factor), want) < 1e-4
+    assert (turns * 2 >= 0.5).sum() > (turns >= 0.5).sum()  # a lower rate cuts more
+
+
+def test_bandlimit_travels_in_the_config_and_is_checked():
+    model = small_model("dplr", bandlimit=1.0)
+    assert model.config["bandlimit"] == 1.0 and "bandlimit" not in small_model("dplr").config
+    clone = model_from_config(dict(model.config))
+    assert all(layer.ssm.bandlimit == 1.0 for layer in clone.blocks)
+    for bad in (0.0, -1.0, True):
+        with pytest.raises(ValueError, match="bandlimit must be a positive fraction"):
+            S4Classifier(1, 12, bandlimit=bad)

@@ -49,6 +49,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--limit", type=_positive,
                     help="score at most N clips, spread over the classes")
     ev.add_argument("--threads", type=_positive, help="torch CPU threads")
+    ev.add_argument("--reference", action="store_true",
+                    help="also score each model at its trained rate on the same audio brought "
+                    "back there: what the rate's band allows, apart from the zero-shot step")
     ev.add_argument("--no-plots", action="store_true", help="write the JSON only")
     ev.add_argument("--cards", action="store_true",
                     help="also write NAME.md and NAME.eval.json model cards beside each checkpoint")
@@ -89,7 +92,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     report = evaluate_checkpoints(
         args.checkpoints, args.data, args.split, rates, args.resampler, args.batch_size,
-        args.limit, args.json, log=_log,
+        args.limit, args.json, log=_log, reference=args.reference,
     )
     print(sweep_table(report))
     if args.json:

@@ -32,6 +32,17 @@ per_class_accuracy, labels, confusion (rows true, columns predicted, in label
 order), n_clips, and seconds (model), feature_seconds (the frontend, shared by
 checkpoints with the same feature config) and resample_seconds (shared by all).
 An entry alone is what a model card stores as ``metrics.eval`` (see report.py).
+
+Reference (``--reference``). A zero-shot score at 8 kHz mixes two losses: the
+information the lower rate removes (everything above 4 kHz) and whatever the
+model loses by meeting a new rate (dt rescaled, pools and features at another
+step). The reference separates them: the same resampled audio is brought back to
+the model's trained rate (by the same resampler; soxr where that is decimate,
+which cannot upsample) and scored there, with nothing rescaled. Each result then
+also holds ``reference_accuracy`` and ``reference_accuracy_ci95``: what the model
+gets from exactly the information the rate carries. Zero-shot accuracy over the
+reference is the retention of the zero-shot mechanism itself; the reference over
+the trained-rate accuracy is what the band costs this model.
 """
 
 from __future__ import annotations
@@ -237,6 +248,19 @@ class SharedFeatures:
         return spotter.model(self.features[key], spotter.rate_factor(self.rate))
 
 
+def reference_batch(wave: torch.Tensor, rate: int, trained_rate: int, length: int,
+                    resampler: str) -> torch.Tensor:
+    """``wave`` at ``rate`` brought back to ``trained_rate`` and ``length`` samples (the reference).
+
+    The way back uses ``resampler``, or soxr where that is decimate (it cannot upsample).
+    """
+    back = "soxr" if resampler == "decimate" and trained_rate > rate else resampler
+    out = resample_batch(wave.numpy(), rate, trained_rate, back)
+    if out.shape[1] < length:
+        out = np.pad(out, ((0, 0), (0, length - out.shape[1])))
+    return torch.from_numpy(np.ascontiguousarray(out[:, :length]))
+
+
 def sweep(
     evaluands: Sequence[Evaluand],
     waves: np.ndarray,
@@ -245,12 +269,15 @@ def sweep(
     batch_size: int = 64,
     source_rate: int = SOURCE_RATE,
     log: Log = _quiet,
+    reference: bool = False,
 ) -> float:
     """Score every evaluand at every rate; results land in ``evaluand.results``/``.skipped``.
 
     Each batch of clips is resampled once per rate and fed to every evaluand, so
     checkpoints share the resampling (and the features, where their frontends
-    agree). Returns the total resampling seconds.
+    agree). With ``reference`` each evaluand is also scored at its trained rate on
+    the same audio brought back there (see the module's notes). Returns the total
+    resampling seconds.
     """
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
@@ -269,6 +296,7 @@ def sweep(
             continue
         active = list(evaluands)
         predictions = {ev.name: [] for ev in evaluands}
+        references: dict[str, list[np.ndarray]] = {ev.name: [] for ev in evaluands}
         seconds = dict.fromkeys(predictions, 0.0)
         resample_seconds, feature_seconds = 0.0, {}
         step = batch_clips(batch_size, rate, source_rate)
@@ -292,6 +320,21 @@ def sweep(
                 seconds[ev.name] += time.perf_counter() - t0 - (batch.seconds - shared_before)
             for key, spent in batch.seconds_by_key.items():
                 feature_seconds[key] = feature_seconds.get(key, 0.0) + spent
+            if reference:
+                back: dict[int, SharedFeatures] = {}
+                for ev in active:
+                    if ev.trained_rate == rate:
+                        continue
+                    if ev.trained_rate not in back:
+                        t0 = time.perf_counter()
+                        length = round(waves.shape[1] * ev.trained_rate / source_rate)
+                        back[ev.trained_rate] = SharedFeatures(
+                            reference_batch(chunk, rate, ev.trained_rate, length, resampler),
+                            ev.trained_rate,
+                        )
+                        resample_seconds += time.perf_counter() - t0
+                    logits = back[ev.trained_rate].logits(ev.spotter)
+                    references[ev.name].append(logits.argmax(dim=-1).cpu().numpy())
         total_resample += resample_seconds
         for ev in active:
             predicted = np.concatenate(predictions[ev.name]) if n else np.zeros(0, dtype=int)
@@ -307,11 +350,23 @@ def sweep(
                 "feature_seconds": round(features, 3),
                 "resample_seconds": round(resample_seconds, 3),
             }
+            if reference:
+                # at the trained rate the reference is the same audio at the same rate
+                same = ev.trained_rate == rate or not n
+                hit = predicted == ev.targets if same else (
+                    np.concatenate(references[ev.name]) == ev.targets)
+                result["reference_accuracy"] = result["accuracy"] if same else float(hit.mean())
+                result["reference_accuracy_ci95"] = (
+                    result["accuracy_ci95"] if same or ev.groups is None
+                    else speaker_bootstrap_ci(hit, ev.groups)
+                )
             ev.results.append(result)
             accuracy = result["accuracy"]
             log(
                 f"{rate} Hz: {ev.name} "
                 + ("no clips" if accuracy is None else f"{100 * accuracy:.2f}%")
+                + (f", {100 * result['reference_accuracy']:.2f}% on the same audio at "
+                   f"{ev.trained_rate} Hz" if result.get("reference_accuracy") is not None else "")
                 + f" ({seconds[ev.name]:.1f} s model, {features:.1f} s features, "
                 f"{resample_seconds:.1f} s resampling)"
             )
@@ -463,12 +518,15 @@ def n_parameters(spotter: Any) -> int:
 def eval_command(
     checkpoints: Sequence[str | Path], data: str | Path, split: str, rates: Sequence[int],
     resampler: str, json_path: str | Path | None = None, limit: int | None = None,
+    reference: bool = False,
 ) -> str:
     """The ``kws eval`` command line that reproduces a result."""
     import shlex
 
     parts = ["kws", "eval", *map(str, checkpoints), "--data", str(data), "--split", split,
              "--rates", ",".join(map(str, rates)), "--resampler", resampler]
+    if reference:
+        parts.append("--reference")
     if limit is not None:
         parts += ["--limit", str(limit)]
     if json_path is not None:
@@ -486,6 +544,7 @@ def evaluate_checkpoints(
     limit: int | None = None,
     json_path: str | Path | None = None,
     log: Log = _quiet,
+    reference: bool = False,
 ) -> dict[str, Any]:
     """Load each checkpoint, score it at every rate, and return the report (see the JSON schema).
 
@@ -537,7 +596,9 @@ def evaluate_checkpoints(
             "rate_policy": rate_policy(
                 meta["model_config"].get("family"), meta["feature_config"].get("kind")
             ),
-            "command": eval_command([path], data_root, split, rates, resampler, json_path, limit),
+            "command": eval_command(
+                [path], data_root, split, rates, resampler, json_path, limit, reference
+            ),
         }
         entries.append((entry, ev))
         groups.setdefault(selection.key, (selection, []))[1].append(ev)
@@ -548,7 +609,9 @@ def evaluate_checkpoints(
         t0 = time.perf_counter()
         waves = load_waveforms(selection.clips, SOURCE_RATE, selection.clip_seconds)
         load_seconds += time.perf_counter() - t0
-        resample_seconds += sweep(evaluands, waves, rates, resampler, batch_size, log=log)
+        resample_seconds += sweep(
+            evaluands, waves, rates, resampler, batch_size, log=log, reference=reference
+        )
     for entry, ev in entries:
         entry["results"] = ev.results
         entry["skipped"] = ev.skipped
@@ -557,11 +620,14 @@ def evaluate_checkpoints(
     return {
         "kws_version": kws.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": eval_command(checkpoints, data_root, split, rates, resampler, json_path, limit),
+        "command": eval_command(
+            checkpoints, data_root, split, rates, resampler, json_path, limit, reference
+        ),
         "data": str(data_root),
         "split": split,
         "rates": rates,
         "resampler": resampler,
+        "reference": reference,
         "source_rate": SOURCE_RATE,
         "mfcc_policy": MFCC_POLICY,
         "ci_method": CI_METHOD,

@@ -41,7 +41,8 @@ def plot_accuracy_vs_rate(report: dict[str, Any], path: str | Path) -> Path:
 def accuracy_figure(report: dict[str, Any]) -> Figure:
     """Accuracy (%) against sample rate on a log axis, one line per checkpoint, 16 kHz marked.
 
-    Where the report has speaker-bootstrap intervals, each line gets its 95% band.
+    Where the report has speaker-bootstrap intervals, each line gets its 95% band; where
+    it has references (``--reference``), a dotted line of the same colour.
     """
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.add_subplot()
@@ -57,6 +58,10 @@ def accuracy_figure(report: dict[str, Any]) -> Figure:
             if all(bands):
                 ax.fill_between(x, [100 * b[0] for b in bands], [100 * b[1] for b in bands],
                                 color=line.get_color(), alpha=0.12, linewidth=0)
+            if all(r.get("reference_accuracy") is not None for r in results):
+                ax.plot(x, [100 * r["reference_accuracy"] for r in results], linestyle=":",
+                        color=line.get_color(), label=f"{entry['name']}: reference "
+                        f"(same audio at {_khz(entry.get('trained_rate', SOURCE_RATE))})")
     ax.axvline(SOURCE_RATE, color="0.5", linestyle="--", linewidth=1)
     ax.text(SOURCE_RATE, 0.97, " 16 kHz (native)", transform=ax.get_xaxis_transform(),
             color="0.4", fontsize=8, va="top")

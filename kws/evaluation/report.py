@@ -24,7 +24,7 @@ from kws.evaluation.evaluate import CI_METHOD, SOURCE_RATE, result_at
 CARD_SUFFIX = ".eval.json"
 TABLE_COLUMNS = (
     "model", "pipeline", "params", "acc 16 kHz", "16 kHz 95% interval", "acc 8 kHz", "8k/16k",
-    "min over sweep", "command",
+    "8k reference", "min over sweep", "command",
 )
 
 
@@ -160,6 +160,8 @@ def table_row(record: ModelRecord) -> dict[str, Any]:
         "ci_16k": (result_at(entry, SOURCE_RATE) or {}).get("accuracy_ci95") if entry else None,
         "acc_8k": acc8,
         "ratio_8k_16k": acc8 / acc16 if acc8 is not None and acc16 else None,
+        # the model at its trained rate on the 8 kHz audio brought back (kws eval --reference)
+        "ref_8k": (result_at(entry, 8000) or {}).get("reference_accuracy") if entry else None,
         "min_acc": worst[0] if worst else None,
         "min_rate": worst[1] if worst else None,
         "resampler": entry.get("resampler"),
@@ -179,6 +181,7 @@ def markdown_table(rows: Iterable[dict[str, Any]]) -> str:
             format_interval(row["ci_16k"]),
             _pct(row["acc_8k"]),
             "–" if row["ratio_8k_16k"] is None else f"{row['ratio_8k_16k']:.3f}",
+            _pct(row["ref_8k"]),
             "–" if row["min_acc"] is None else
             f"{_pct(row['min_acc'])} @ {row['min_rate'] / 1000:g}k",
             f"`{row['command']}`" if row["command"] else "not evaluated",
@@ -225,6 +228,38 @@ def _facts(values: dict[str, Any]) -> list[str]:
     return bullets
 
 
+REFERENCE_NOTE = (
+    "Reference: the same audio, resampled back to {rate} Hz and scored there with nothing "
+    "rescaled (`kws eval --reference`): what the model gets from the band each rate carries. "
+    "Zero-shot / reference is what the zero-shot step itself keeps."
+)
+
+
+def rate_table(entry: dict[str, Any]) -> list[str]:
+    """The card's accuracy-per-rate table; with reference and zero-shot/reference columns
+    where the evaluation measured them."""
+    with_reference = any(r.get("reference_accuracy") is not None for r in entry["results"])
+    head = "| sample rate | accuracy | 95% interval (speakers) |"
+    if with_reference:
+        head += " reference | 95% interval | zero-shot / reference |"
+    head += " clips | rate factor |"
+    lines = [head, "|" + "---:|" * (head.count("|") - 1)]
+    for result in entry["results"]:
+        cells = [str(result["sample_rate"]), _pct(result["accuracy"]),
+                 format_interval(result.get("accuracy_ci95"))]
+        if with_reference:
+            ref = result.get("reference_accuracy")
+            kept = result["accuracy"] / ref if ref and result["accuracy"] is not None else None
+            cells += [_pct(ref), format_interval(result.get("reference_accuracy_ci95")),
+                      "–" if kept is None else f"{kept:.3f}"]
+        cells += [str(result["n_clips"]), f"{result['rate_factor']:.4g}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    for skip in entry.get("skipped", []):
+        blanks = " |" * (head.count("|") - 3)
+        lines.append(f"| {skip['sample_rate']} | skipped: {skip['reason']} |{blanks}")
+    return lines
+
+
 def model_card(record: ModelRecord) -> str:
     """The markdown card of one model: data, split, size, training, accuracy per rate, commands."""
     meta, entry = record.meta, record.entry or {}
@@ -267,19 +302,12 @@ def model_card(record: ModelRecord) -> str:
         out += [
             "", f"## Accuracy at every rate (zero-shot, resampler {entry.get('resampler')})", "",
             f"{entry.get('rate_policy', '')}", "",
-            "| sample rate | accuracy | 95% interval (speakers) | clips | rate factor |",
-            "|---:|---:|---:|---:|---:|",
+            *rate_table(entry),
         ]
-        for result in entry["results"]:
-            out.append(
-                f"| {result['sample_rate']} | {_pct(result['accuracy'])} "
-                f"| {format_interval(result.get('accuracy_ci95'))} | {result['n_clips']} "
-                f"| {result['rate_factor']:.4g} |"
-            )
-        for skip in entry.get("skipped", []):
-            out.append(f"| {skip['sample_rate']} | skipped: {skip['reason']} | | | |")
         if any(result.get("accuracy_ci95") for result in entry["results"]):
             out += ["", f"Interval: {CI_METHOD}."]
+        if any(result.get("reference_accuracy") is not None for result in entry["results"]):
+            out += ["", REFERENCE_NOTE.format(rate=entry.get("trained_rate"))]
     out += streaming_section(streaming_facts(record.checkpoint))
     commands = [("train", train.get("command")), ("evaluate", entry.get("command"))]
     if any(cmd for _, cmd in commands):

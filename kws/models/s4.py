@@ -68,11 +68,12 @@ class S4Layer(nn.Module):
         bidirectional: bool = False,
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
+        bandlimit: float | None = None,
     ):
         super().__init__()
-        check_arguments(d_model, d_state, kernel, dt_min, dt_max)
+        check_arguments(d_model, d_state, kernel, dt_min, dt_max, bandlimit)
         self.d_model, self.d_state, self.kernel_kind = d_model, d_state, kernel
-        self.bidirectional = bidirectional
+        self.bidirectional, self.bandlimit = bidirectional, bandlimit
         H, n = d_model, d_state // 2
         if kernel == "dplr":
             lam, P, B, _ = sk.nplr_legs(d_state)
@@ -93,7 +94,7 @@ class S4Layer(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, d_state={self.d_state}, kernel={self.kernel_kind!r}, "
-            f"bidirectional={self.bidirectional}"
+            f"bidirectional={self.bidirectional}, bandlimit={self.bandlimit}"
         )
 
     def _lambda_pairs(self) -> Tensor:
@@ -103,6 +104,24 @@ class S4Layer(nn.Module):
     def _dt(self, rate_factor: float) -> Tensor:
         return torch.exp(self.log_dt) * rate_factor
 
+    def _output(self, rate_factor: float) -> Tensor:
+        """C, less the modes above the band limit at this step size, if there is one.
+
+        A mode turns Im(A) dt / 2 pi times per step. Past half a turn (the Nyquist
+        frequency) a discrete system cannot tell it from a slower one: S4's bilinear map
+        squeezes it next to Nyquist, S4D's zero-order hold folds it, and either way it
+        moves whenever dt does. Such an S4 mode, learned at 16 kHz, answers near 8 kHz
+        there, near 4 kHz at 8 kHz and near 16 kHz at 32 kHz: not one continuous-time
+        filter. With ``bandlimit`` b, modes turning
+        b / 2 or more per step are cut from the output (C = 0), judged with the step
+        actually used, so a model trained so never leans on them, and at a lower rate the
+        modes its new Nyquist would fold are cut too (the S4 reference code's band limit).
+        """
+        if self.bandlimit is None:
+            return self.C
+        turns = self.A_imag.abs() * self._dt(rate_factor).unsqueeze(-1) / (2 * math.pi)
+        return self.C * (turns < self.bandlimit / 2).to(self.C.dtype).unsqueeze(-1)
+
     def kernel(self, L: int, rate_factor: float = 1.0, naive: bool = False) -> Tensor:
         """The convolution kernel (directions, H, L) for inputs of length L.
 
@@ -111,7 +130,7 @@ class S4Layer(nn.Module):
         """
         lam = torch.view_as_complex(self._lambda_pairs())
         B = torch.view_as_complex(self.B)
-        C = torch.view_as_complex(self.C)
+        C = torch.view_as_complex(self._output(rate_factor))
         dt = self._dt(rate_factor)
         if self.P is None:
             return sk.s4d_kernel(lam, B, C, dt, L, naive=naive)
@@ -137,7 +156,7 @@ class S4Layer(nn.Module):
             increment, dB = sk.zoh_diagonal(lam, self.B, dt)
         else:
             increment, dB = sk.bilinear_dplr(lam, self.P, self.B, dt)
-        return sk.add_identity(increment), dB, sk.output_row(self.C[0])
+        return sk.add_identity(increment), dB, sk.output_row(self._output(rate_factor)[0])
 
     def step_matrix(self, K: int, rate_factor: float = 1.0) -> Tensor:
         """``s4_kernels.step_matrix`` for K steps; cached in eval mode without grad.
@@ -236,8 +255,9 @@ class S4Classifier(KWSModel):
         dt_max: float = 1e-1,
         ssm_lr: float = 1e-3,
         pool: list[int] | None = None,
+        bandlimit: float | None = None,
     ):
-        check_arguments(d_model, d_state, kernel, dt_min, dt_max)
+        check_arguments(d_model, d_state, kernel, dt_min, dt_max, bandlimit)
         if in_channels < 1 or n_classes < 1 or n_layers < 1:
             raise ValueError(
                 f"in_channels, n_classes and n_layers must be positive, got {in_channels}, "
@@ -258,6 +278,7 @@ class S4Classifier(KWSModel):
             bidirectional=bidirectional,
             dt_min=dt_min,
             dt_max=dt_max,
+            bandlimit=bandlimit,
         )
         self.blocks = nn.ModuleList(
             S4Block(d_model, dropout, **layer_args) for _ in range(n_layers)
@@ -281,6 +302,8 @@ class S4Classifier(KWSModel):
         }
         if pool is not None:  # only when set: configs from before pooling stay as they were
             self.config["pool"] = list(self.pool)
+        if bandlimit is not None:  # the same for the band limit
+            self.config["bandlimit"] = bandlimit
 
     @property
     def time_pool(self) -> int:
@@ -418,7 +441,10 @@ class S4Classifier(KWSModel):
             )
 
 
-def check_arguments(d_model: int, d_state: int, kernel: str, dt_min: float, dt_max: float) -> None:
+def check_arguments(
+    d_model: int, d_state: int, kernel: str, dt_min: float, dt_max: float,
+    bandlimit: float | None = None,
+) -> None:
     """Refuse configurations that cannot work, naming the argument."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown S4 kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
@@ -428,6 +454,11 @@ def check_arguments(d_model: int, d_state: int, kernel: str, dt_min: float, dt_m
         raise ValueError(f"d_state must be even and >= 2 (conjugate pairs), got {d_state}")
     if not 0 < dt_min <= dt_max:
         raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+    if bandlimit is not None and (isinstance(bandlimit, bool) or not bandlimit > 0):
+        raise ValueError(
+            f"bandlimit must be a positive fraction of the Nyquist frequency (1.0 keeps the "
+            f"modes below it) or null, got {bandlimit!r}"
+        )
 
 
 def check_pool(pool: list[int] | None, n_layers: int) -> None:

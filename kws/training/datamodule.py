@@ -126,7 +126,7 @@ class SpeechCommandsDataModule(L.LightningDataModule):
         augment = None
         if cfg["augment"] is not None:
             args = dict(cfg["augment"])
-            for key in ("snr_db", "speed"):
+            for key in ("snr_db", "speed", "low_rate"):
                 if isinstance(args.get(key), list):
                     args[key] = tuple(args[key])
             try:
