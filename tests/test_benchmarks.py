@@ -41,3 +41,28 @@ def test_model_benchmark_quick(tmp_path, capsys):
     assert [r["kernel"] for r in result["s4_layer"]] == ["dplr", "diag-lin"]
     assert all(r["layer_step_us"] > 0 and r["block_fwd_bwd_s"] > 0 for r in result["s4_layer"])
     assert "official" in capsys.readouterr().out
+
+
+def test_rate_consistency_tells_a_near_continuous_layer_from_one_past_nyquist():
+    """Slow modes (dt tiny) keep their gain at 8 kHz; modes past Nyquist do not, and a band
+    limit reports them as cut."""
+    from test_step_model import make_spotter
+
+    rate_consistency = load("rate_consistency")
+    slow = make_spotter("s4", "raw", n_layers=1, d_state=16, dt_min=1e-4, dt_max=1e-3)
+    fast = make_spotter("s4", "raw", n_layers=1, d_state=16, dt_min=0.3, dt_max=1.0,
+                        bandlimit=1.0)
+    (slow_row,) = rate_consistency.layer_rows(slow, [8000, 32000])
+    (fast_row,) = rate_consistency.layer_rows(fast, [8000, 32000])
+    assert slow_row["above_nyquist"] == 0 and slow_row["band_limit_cut"] == 0
+    assert 0 < fast_row["above_nyquist"] == fast_row["band_limit_cut"]
+    assert set(slow_row["rates"]) == {8000, 32000}
+    for rate in (8000, 32000):
+        slow_bands, fast_bands = slow_row["rates"][rate], fast_row["rates"][rate]
+        assert list(slow_bands)[-1] in ("2000-4000 Hz", "4000-8000 Hz")
+        *lower, top = slow_bands.values()
+        # slow modes: one filter at both rates, except near the lower Nyquist, where any
+        # discretisation's gain droops by an amount that moves with the rate
+        assert all(e["median"] < 0.05 for e in lower) and 0.1 < top["median"] < 0.25
+        lowest = next(iter(fast_bands))
+        assert fast_bands[lowest]["median"] > 0.1 > 10 * slow_bands[lowest]["median"]
