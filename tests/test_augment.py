@@ -184,3 +184,8 @@ def test_low_rate_probability_and_range_leave_the_other_draws_alone(noise):
 def test_low_rate_settings_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Augmenter(**kwargs)
+
+
+def test_low_rate_defaults_to_half_the_sample_rate_and_up():
+    assert Augmenter().low_rate == (8000, 16000)
+    assert Augmenter(sample_rate=8000).low_rate == (4000, 8000)

@@ -33,8 +33,9 @@ class Augmenter:
 
     Steps, in order: speed perturbation (resample by a factor in ``speed``, then
     pad or crop back; off when None), with probability ``low_rate_prob`` a band
-    limit (the clip goes down to a rate drawn from ``low_rate`` and back up, as a
-    recording made at that rate and upsampled would), a time shift of up to
+    limit (the clip goes down to a rate drawn from ``low_rate``, by default half the
+    sample rate to all of it, and back up, as a recording made at that rate and
+    upsampled would), a time shift of up to
     ``shift_ms`` either way, and, with probability ``noise_prob``, a random segment
     of one of the ``noise`` recordings scaled to a random SNR in ``snr_db``. SNR is
     signal power over added-noise power, both measured on the clip; an all-zero clip
@@ -58,7 +59,7 @@ class Augmenter:
         snr_db: tuple[float, float] = (0.0, 20.0),
         speed: tuple[float, float] | None = None,
         low_rate_prob: float = 0.0,
-        low_rate: tuple[int, int] = (8000, 16000),
+        low_rate: tuple[int, int] | None = None,
     ):
         if not 0.0 <= noise_prob <= 1.0:
             raise ValueError(f"noise_prob must be in [0, 1], got {noise_prob}")
@@ -66,6 +67,8 @@ class Augmenter:
             raise ValueError(f"snr_db must be (low, high) with low <= high, got {snr_db}")
         if speed is not None and not 0.0 < speed[0] <= speed[1]:
             raise ValueError(f"speed must be (low, high) with 0 < low <= high, got {speed}")
+        if low_rate is None:  # down to half the rate: at 16 kHz, 8-16 kHz
+            low_rate = (sample_rate // 2, sample_rate)
         if not 0.0 <= low_rate_prob <= 1.0:
             raise ValueError(f"low_rate_prob must be in [0, 1], got {low_rate_prob}")
         if not 0 < low_rate[0] <= low_rate[1] <= sample_rate:
