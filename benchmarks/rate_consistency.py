@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +69,8 @@ def layer_rows(spotter: Any, rates: list[int], name: str = "model") -> list[dict
     rows, step_rate = [], float(trained_rate)
     for index, block in enumerate(model.blocks):
         layer = block.ssm
-        turns = layer.A_imag.abs() * torch.exp(layer.log_dt).unsqueeze(-1) / (2 * math.pi)
-        cut = int((layer._output(1.0) == 0).all(-1).sum()) if layer.bandlimit else 0
+        turns = layer.mode_turns()
+        cut = int((turns >= layer.bandlimit / 2).sum()) if layer.bandlimit else 0
         row = {"checkpoint": path, "block": index, "step_rate": step_rate,
                "modes": turns.numel(), "above_nyquist": int((turns >= 0.5).sum()),
                "band_limit_cut": cut, "rates": {}}

@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kws.data.audio import load_audio, resample
+from kws.data.audio import fix_length, load_audio, resample
 from kws.evaluation.options import DEFAULT_RATES, RESAMPLERS, SPLIT_CHOICES
 
 #: Speech Commands' native rate: every swept rate is made from audio read at it
@@ -255,10 +255,8 @@ def reference_batch(wave: torch.Tensor, rate: int, trained_rate: int, length: in
     The way back uses ``resampler``, or soxr where that is decimate (it cannot upsample).
     """
     back = "soxr" if resampler == "decimate" and trained_rate > rate else resampler
-    out = resample_batch(wave.numpy(), rate, trained_rate, back)
-    if out.shape[1] < length:
-        out = np.pad(out, ((0, 0), (0, length - out.shape[1])))
-    return torch.from_numpy(np.ascontiguousarray(out[:, :length]))
+    out = fix_length(resample_batch(wave.numpy(), rate, trained_rate, back), length)
+    return torch.from_numpy(np.ascontiguousarray(out))
 
 
 def sweep(

@@ -119,8 +119,12 @@ class S4Layer(nn.Module):
         """
         if self.bandlimit is None:
             return self.C
-        turns = self.A_imag.abs() * self._dt(rate_factor).unsqueeze(-1) / (2 * math.pi)
-        return self.C * (turns < self.bandlimit / 2).to(self.C.dtype).unsqueeze(-1)
+        kept = self.mode_turns(rate_factor) < self.bandlimit / 2
+        return self.C * kept.to(self.C.dtype).unsqueeze(-1)
+
+    def mode_turns(self, rate_factor: float = 1.0) -> Tensor:
+        """(H, N/2) cycles each mode turns per step, Im(A) dt / 2 pi: half a turn is Nyquist."""
+        return self.A_imag.abs() * self._dt(rate_factor).unsqueeze(-1) / (2 * math.pi)
 
     def kernel(self, L: int, rate_factor: float = 1.0, naive: bool = False) -> Tensor:
         """The convolution kernel (directions, H, L) for inputs of length L.
