@@ -296,6 +296,31 @@ def test_reset_schedule_reads_a_copy_that_covers_the_window():
         ResetSchedule(copies=1, period_chunks=400, window_chunks=100)
 
 
+def test_shortest_reset_period_is_the_first_valid_one():
+    for copies, window in ((2, 50), (2, 15), (3, 100), (4, 7)):
+        period = ResetSchedule.shortest_period(copies, window)
+        ResetSchedule(copies, period, window)  # valid
+        with pytest.raises(ValueError, match="copies >= 2"):
+            ResetSchedule(copies, period - 1, window)
+    assert ResetSchedule.shortest_period(2, 50) == 100
+    assert ResetSchedule.shortest_period(3, 100) == 150
+    with pytest.raises(ValueError, match="copies >= 2"):
+        ResetSchedule.shortest_period(1, 50)
+
+
+@pytest.mark.parametrize(("chunk_ms", "window_s", "period_s"),
+                         [(10, 1.0, 2.0), (20, 1.0, 2.0), (70, 1.05, 2.1)])
+def test_default_reset_period_fits_any_chunk(chunk_ms, window_s, period_s):
+    # a 70-ms export's window is 15 chunks (1.05 s): a fixed 2-s period left a copy
+    # read 14 chunks after its reset, and the detector refused the export's defaults
+    backend = ScriptedBackend([], chunk_samples=RATE * chunk_ms // 1000, window_s=window_s)
+    detector = StreamingDetector(backend)
+    assert detector.reset_period_s == pytest.approx(period_s)
+    assert detector.schedule.period * (1 - 1 / detector.copies) >= detector.window_chunks
+    with pytest.raises(ValueError, match="copies >= 2"):
+        StreamingDetector(backend, reset_period_s=2.0 if chunk_ms == 70 else 1.5)
+
+
 def run_noise(detector, seconds: float, seed: int, chunk_s: float = 1.0):
     """Feed ``seconds`` of noise chunk by chunk; return the max |state| seen per minute."""
     rng = np.random.default_rng(seed)
@@ -514,6 +539,18 @@ def test_kws_stream_errors_are_one_clear_line(tiny, tmp_path, capsys):
     save_audio(tmp_path / "empty.wav", np.zeros(0, np.float32), RATE)
     code, _, err = run_cli(["stream", str(onnx_path), str(tmp_path / "empty.wav")], capsys)
     assert code == 1 and "empty.wav: file holds no samples" in err
+
+
+def test_reset_period_option_reads_seconds_auto_and_zero():
+    import argparse
+
+    from kws.streaming.cli import reset_period
+
+    assert reset_period("auto") == "auto" and reset_period("2.5") == 2.5
+    assert reset_period("0") is None  # plain recurrence
+    for bad in ("soon", "-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected seconds"):
+            reset_period(bad)
 
 
 # -- the long stream and its score -------------------------------------------------------------

@@ -85,7 +85,7 @@ def open_detector_factory(args: argparse.Namespace) -> tuple[DetectorFactory, st
         backend, threshold=args.threshold,
         thresholds=parse_keyword_thresholds(args.keyword_threshold),
         smoothing_ms=args.smoothing_ms, refractory_ms=args.refractory_ms,
-        reset_period_s=args.reset_period or None, copies=args.copies,
+        reset_period_s=args.reset_period, copies=args.copies,
     )
     return factory, name
 

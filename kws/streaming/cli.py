@@ -18,6 +18,22 @@ from kws.cli import UserError
 READ_BLOCK_S = 30.0
 
 
+def reset_period(text: str) -> float | str | None:
+    """``--reset-period``: seconds, ``auto``, or 0 for plain recurrence (None)."""
+    from kws.streaming import engine
+
+    if text == engine.AUTO:
+        return engine.AUTO
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds, 0 or {engine.AUTO!r}, got {text!r}") from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return seconds or None
+
+
 def add_detector_options(parser: argparse.ArgumentParser) -> None:
     """The options shared by every command that runs a StreamingDetector."""
     from kws.streaming import engine
@@ -31,9 +47,10 @@ def add_detector_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refractory-ms", type=float, default=engine.DEFAULT_REFRACTORY_MS,
                         help="quiet time after an event "
                              f"(default {engine.DEFAULT_REFRACTORY_MS:g})")
-    parser.add_argument("--reset-period", type=float, default=engine.DEFAULT_RESET_PERIOD_S,
-                        help="seconds between state resets of each copy; 0 = plain recurrence "
-                             f"(default {engine.DEFAULT_RESET_PERIOD_S:g})")
+    parser.add_argument("--reset-period", type=reset_period, default=engine.DEFAULT_RESET_PERIOD_S,
+                        help="seconds between state resets of each copy; 0 = plain recurrence; "
+                             "auto (default) = the shortest that leaves every read copy a "
+                             "full window: twice the window with 2 copies")
     parser.add_argument("--copies", type=int, default=engine.DEFAULT_COPIES,
                         help=f"staggered state copies (default {engine.DEFAULT_COPIES})")
 
@@ -157,7 +174,7 @@ def make_detector(args: argparse.Namespace, threshold: float, **options: Any):
                            copies=args.copies)
     return StreamingDetector(
         backend, threshold=threshold, smoothing_ms=args.smoothing_ms,
-        refractory_ms=args.refractory_ms, reset_period_s=args.reset_period or None,
+        refractory_ms=args.refractory_ms, reset_period_s=args.reset_period,
         copies=args.copies, **options,
     )
 
@@ -272,7 +289,7 @@ def run_bench_stream(args: argparse.Namespace) -> int:
         "stream": stream_summary(stream),
         "detector": {
             "smoothing_ms": args.smoothing_ms, "refractory_ms": args.refractory_ms,
-            "reset_period_s": args.reset_period or None, "copies": detector.copies,
+            "reset_period_s": detector.reset_period_s, "copies": detector.copies,
             "tolerance_s": args.tolerance,
         },
         "elapsed_s": elapsed,

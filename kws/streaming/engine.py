@@ -31,18 +31,19 @@ old. Resetting the state makes the question moot, but a reset alone leaves the
 next second without a full window of context.
 
 So we run R copies of the state (default 2) through the same model -- one batched
-call when the exported batch axis is dynamic -- and reset copy i every P seconds
-(default 2 s, twice the window) at offset i * P / R. At each moment we read the
-posteriors of the youngest copy that has seen at least one full window since its
-reset. With R = 2, P = 2 s that copy has seen between 1 and 2 s of audio: its
-window is fully covered, at most P - window = 1 s of older audio is in its state,
-and the state is bounded by construction. The model's behaviour after an hour is
-*exactly* its behaviour after a few seconds: it depends only on the audio since
-the last reset. A valid schedule needs P * (1 - 1/R) >= window; the price is R
-model steps per chunk. ``reset_period_s=None`` turns it off (plain recurrence,
-one copy). ``tests/test_streaming.py`` measures both on an hour of noise: the
-schedule keeps the state bounded and the posteriors of a keyword identical, while
-plain recurrence lets an unbounded state drift.
+call when the exported batch axis is dynamic -- and reset copy i every P seconds at
+offset i * P / R. By default P is the shortest valid period (below): twice the
+window for two copies, 2 s for a 1-s model at 10 or 20 ms, 2.1 s at 70 ms. At each
+moment we read the posteriors of the youngest copy that has seen at least one full
+window since its reset. With R = 2, P = 2 s that copy has seen between 1 and 2 s of
+audio: its window is fully covered, at most P - window = 1 s of older audio is in
+its state, and the state is bounded by construction. The model's behaviour after an
+hour is *exactly* its behaviour after a few seconds: it depends only on the audio
+since the last reset. A valid schedule needs P * (1 - 1/R) >= window; the price is R
+model steps per chunk. ``reset_period_s=None`` turns it off (plain recurrence, one
+copy). ``tests/test_streaming.py`` measures both on an hour of noise: the schedule
+keeps the state bounded and the posteriors of a keyword identical, while plain
+recurrence lets an unbounded state drift.
 
 Measured with ``kws bench stream`` (10-min streams of the dev data's test
 speakers, seeds 0, 1, 2) on a small LSTM-MFCC trained for 12 epochs (67% clip
@@ -66,7 +67,9 @@ from kws.streaming.backends import NON_KEYWORDS, StepBackend
 DEFAULT_THRESHOLD = 0.8
 DEFAULT_SMOOTHING_MS = 100.0
 DEFAULT_REFRACTORY_MS = 1000.0
-DEFAULT_RESET_PERIOD_S = 2.0
+#: the reset period the detector picks itself: the shortest valid one (``ResetSchedule``)
+AUTO = "auto"
+DEFAULT_RESET_PERIOD_S = AUTO
 DEFAULT_COPIES = 2
 
 
@@ -113,6 +116,16 @@ class ResetSchedule:
         # a list, not an array: with two copies numpy's per-call cost is all there is
         self._ages = [0] * copies
         self.chunk = 0
+
+    @staticmethod
+    def shortest_period(copies: int, window_chunks: int) -> int:
+        """The fewest chunks between resets that still leave every read copy a full window."""
+        if copies < 2:
+            raise ValueError(f"a reset schedule needs copies >= 2, got {copies}")
+        period = math.ceil(window_chunks * copies / (copies - 1))
+        while period - math.ceil(period / copies) < window_chunks:
+            period += 1
+        return period
 
     @property
     def ages(self) -> np.ndarray:
@@ -284,7 +297,7 @@ class StreamingDetector:
         thresholds: Mapping[str, float] | None = None,
         smoothing_ms: float = DEFAULT_SMOOTHING_MS,
         refractory_ms: float = DEFAULT_REFRACTORY_MS,
-        reset_period_s: float | None = DEFAULT_RESET_PERIOD_S,
+        reset_period_s: float | str | None = DEFAULT_RESET_PERIOD_S,
         copies: int = DEFAULT_COPIES,
         ignore: Iterable[str] = NON_KEYWORDS,
         on_event: Callable[[Event], None] | None = None,
@@ -301,11 +314,17 @@ class StreamingDetector:
         )
         if reset_period_s is None:
             copies, period = 1, None
+        elif reset_period_s == AUTO:
+            period = ResetSchedule.shortest_period(copies, self.window_chunks)
         else:
             if reset_period_s <= 0:
-                raise ValueError(f"reset_period_s must be > 0 or None, got {reset_period_s}")
+                raise ValueError(
+                    f"reset_period_s must be > 0, {AUTO!r} or None, got {reset_period_s}"
+                )
             period = max(1, round(reset_period_s / self.chunk_s))
-        self.reset_period_s, self.copies, self._period = reset_period_s, copies, period
+        self.copies, self._period = copies, period
+        #: seconds between resets of each copy, None for plain recurrence
+        self.reset_period_s = None if period is None else period * self.chunk_s
         ResetSchedule(copies, period, self.window_chunks)  # validate before touching the backend
         self.on_event, self.record = on_event, record
         self.reset()
