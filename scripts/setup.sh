@@ -27,7 +27,15 @@ if [ -n "$missing" ]; then
   fi
 fi
 
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+if [ ! -x .venv/bin/python ]; then
+  # torch's wheel brings its CUDA libraries: the environment takes about 6.5 GB.
+  free_kb=$(df -Pk . | awk 'NR == 2 {print $4}')
+  if [ "${free_kb:-0}" -lt $((8 * 1024 * 1024)) ]; then
+    echo "setup: $(pwd) has $((free_kb / 1024)) MB free; .venv needs about 8 GB (torch and its CUDA libraries)" >&2
+    exit 1
+  fi
+  "$PYTHON" -m venv .venv
+fi
 PIP=".venv/bin/python -m pip"
 # torch first and pinned: this pair loads together (torchaudio 2.11 beside torch 2.14.1
 # on the CPU); letting a resolver pick torch can pull a multi-GB build that does not.
