@@ -325,7 +325,14 @@ class StreamingDetector:
         self.copies, self._period = copies, period
         #: seconds between resets of each copy, None for plain recurrence
         self.reset_period_s = None if period is None else period * self.chunk_s
-        ResetSchedule(copies, period, self.window_chunks)  # validate before touching the backend
+        try:  # validate before touching the backend
+            ResetSchedule(copies, period, self.window_chunks)
+        except ValueError as err:
+            if copies < 2:
+                raise
+            shortest = ResetSchedule.shortest_period(copies, self.window_chunks) * self.chunk_s
+            raise ValueError(f"{err}; for this model that is {shortest:g} s or more, which "
+                             f"reset_period_s={AUTO!r} picks") from None
         self.on_event, self.record = on_event, record
         self.reset()
 
