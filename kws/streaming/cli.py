@@ -47,7 +47,7 @@ def add_detector_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refractory-ms", type=float, default=engine.DEFAULT_REFRACTORY_MS,
                         help="quiet time after an event "
                              f"(default {engine.DEFAULT_REFRACTORY_MS:g})")
-    parser.add_argument("--reset-period", type=reset_period, default=engine.DEFAULT_RESET_PERIOD_S,
+    parser.add_argument("--reset-period", type=reset_period, default=engine.DEFAULT_RESET_PERIOD,
                         help="seconds between state resets of each copy; 0 = plain recurrence; "
                              "auto (default) = the shortest that leaves every read copy a "
                              "full window: twice the window with 2 copies")

@@ -69,7 +69,7 @@ DEFAULT_SMOOTHING_MS = 100.0
 DEFAULT_REFRACTORY_MS = 1000.0
 #: the reset period the detector picks itself: the shortest valid one (``ResetSchedule``)
 AUTO = "auto"
-DEFAULT_RESET_PERIOD_S = AUTO
+DEFAULT_RESET_PERIOD = AUTO
 DEFAULT_COPIES = 2
 
 
@@ -297,7 +297,7 @@ class StreamingDetector:
         thresholds: Mapping[str, float] | None = None,
         smoothing_ms: float = DEFAULT_SMOOTHING_MS,
         refractory_ms: float = DEFAULT_REFRACTORY_MS,
-        reset_period_s: float | str | None = DEFAULT_RESET_PERIOD_S,
+        reset_period_s: float | str | None = DEFAULT_RESET_PERIOD,
         copies: int = DEFAULT_COPIES,
         ignore: Iterable[str] = NON_KEYWORDS,
         on_event: Callable[[Event], None] | None = None,
