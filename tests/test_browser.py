@@ -12,9 +12,11 @@ import base64
 import contextlib
 import itertools
 import json
+import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -108,8 +110,12 @@ class DevTools:
                              f"{status!r}; console: {self.console[-5:]}")
 
 
-def start_chromium(audio: Path, profile: Path) -> subprocess.Popen:
-    """Headless Chromium with a fake microphone playing ``audio`` in a loop, on a closed network."""
+def start_chromium(audio: Path, profile: Path, scratch: Path) -> subprocess.Popen:
+    """Headless Chromium with a fake microphone playing ``audio`` in a loop, on a closed network.
+
+    Its own temporary directories (the singleton socket's) go in ``scratch``, which the
+    caller removes: a short path, since a Unix socket's path must fit in 108 bytes.
+    """
     return subprocess.Popen(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -119,6 +125,7 @@ def start_chromium(audio: Path, profile: Path) -> subprocess.Popen:
          "--autoplay-policy=no-user-gesture-required", "--window-size=900,1000",
          f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "TMPDIR": str(scratch)},
     )
 
 
@@ -146,7 +153,9 @@ def browser_page(tmp_path) -> Iterator[Callable[[str, Path], DevTools]]:
 
         def open_page(url: str, audio: Path) -> DevTools:
             profile = tmp_path / "profile"
-            browser = start_chromium(audio, profile)
+            scratch = Path(tempfile.mkdtemp(prefix="kws-chromium-"))
+            cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
+            browser = start_chromium(audio, profile, scratch)
             cleanup.callback(stop_process, browser)
             ws = cleanup.enter_context(
                 connect(page_socket_url(profile, browser), max_size=64 * 2**20)
