@@ -7,6 +7,7 @@ import pytest
 import soundfile as sf
 from conftest import tone
 
+from kws.data.audio import AudioError
 from kws.data.augment import Augmenter, mix_at_snr, time_shift
 from kws.data.speech_commands import ClipDataset, SpeechCommands
 
@@ -189,3 +190,114 @@ def test_low_rate_settings_are_checked(kwargs, message):
 def test_low_rate_defaults_to_half_the_sample_rate_and_up():
     assert Augmenter().low_rate == (8000, 16000)
     assert Augmenter(sample_rate=8000).low_rate == (4000, 8000)
+
+
+# -- preceding context --------------------------------------------------------------------
+
+
+def context_augmenter(noise=(), **kwargs) -> Augmenter:
+    settings = {"shift_ms": 0.0, "noise_prob": 0.0, "context_s": 0.5, "context_word_prob": 1.0,
+                "context_gap_s": (0.1, 0.1), "context_gain_db": (-6.0, -6.0)}
+    return Augmenter(noise, **{**settings, **kwargs})
+
+
+def test_context_is_silence_then_the_other_word_ending_a_gap_before_the_clip():
+    aug, clip, word = context_augmenter(), tone(440, amp=0.3), tone(300, amp=0.5)
+    draw = aug.draw(0, RATE)
+    assert aug.context == RATE // 2 and draw.context_gap == RATE // 10
+    before = aug.preceding(draw, word)
+    gap, kept = RATE // 10, RATE // 2 - RATE // 10  # the word's last 0.4 s fit
+    assert before.shape == (RATE // 2,) and not before[-gap:].any()
+    np.testing.assert_allclose(before[:kept], word[-kept:] * 10 ** (-6 / 20), rtol=1e-6)
+    out = aug.apply(clip, draw, before)
+    assert out.dtype == np.float32 and out.shape == (RATE + RATE // 2,)
+    np.testing.assert_array_equal(out[: RATE // 2], before)
+    np.testing.assert_array_equal(out[RATE // 2 :], clip)  # no noise asked: the clip as it was
+    assert not aug.preceding(draw, None).any()  # no word loaded: silence
+
+
+def test_context_noise_runs_through_at_the_clip_snr(noise):
+    aug = context_augmenter(noise, noise_prob=1.0, snr_db=(12.0, 12.0), context_word_prob=0.0)
+    clip = tone(440, amp=0.3)
+    for index in range(5):
+        draw = aug.draw(index, RATE)
+        assert draw.context_word is None
+        out = aug.apply(clip, draw, aug.preceding(draw, tone(300)))
+        assert snr_db(clip, out[RATE // 2 :]) == pytest.approx(12.0, abs=1e-3)
+        added = out.astype(np.float64) - np.concatenate([np.zeros(RATE // 2), clip])
+        # one stretch of one recording, at one level, across the boundary
+        recording = noise[draw.noise_index]
+        stretch = np.take(recording, np.arange(draw.noise_offset,
+                                               draw.noise_offset + len(out)), mode="wrap")
+        tail = stretch[RATE // 2 :]
+        gain = added[RATE // 2 :] @ tail / (tail @ tail)
+        np.testing.assert_allclose(added, gain * stretch, atol=1e-6)
+
+
+def test_context_draws_leave_the_other_draws_alone(noise):
+    plain = Augmenter(noise, speed=(0.9, 1.1), low_rate_prob=0.5)
+    context = Augmenter(noise, speed=(0.9, 1.1), low_rate_prob=0.5, context_s=1.0,
+                        context_word_prob=0.5)
+    words, gaps = 0, []
+    for index in range(400):
+        before, after = plain.draw(index, RATE), context.draw(index, RATE)
+        assert before.context_word is None
+        assert (after.speed, after.shift, after.noise_index, after.noise_offset, after.snr_db,
+                after.low_rate) == (before.speed, before.shift, before.noise_index,
+                                    before.noise_offset, before.snr_db, before.low_rate)
+        words += after.context_word is not None
+        gaps.append(after.context_gap)
+    assert 160 < words < 240
+    assert 0 <= min(gaps) < 0.05 * RATE and 0.45 * RATE < max(gaps) <= 0.5 * RATE
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"context_s": -1.0}, r"context_s must be >= 0"),
+    ({"context_word_prob": 2.0}, r"context_word_prob must be in \[0, 1\]"),
+    ({"context_gap_s": (0.5, 0.1)}, r"context_gap_s must be \(low, high\)"),
+    ({"context_gain_db": (6.0, -6.0)}, r"context_gain_db must be \(low, high\)"),
+])
+def test_context_settings_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Augmenter(**kwargs)
+
+
+def test_dataset_puts_another_clip_before_each_clip(tmp_path):
+    root = tmp_path / "sc"
+    words = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+    for k, word in enumerate(words):
+        (root / word).mkdir(parents=True)
+        sf.write(root / word / "0cb74144_nohash_0.wav", tone(300 + 100 * k), RATE)
+    clips = SpeechCommands(root, "sc10").clips()
+    aug = context_augmenter(context_gap_s=(0.0, 0.0), context_gain_db=(0.0, 0.0))
+    dataset = ClipDataset(clips, augment=aug)
+    plain = ClipDataset(clips)
+    for index in range(len(clips)):
+        wave, label = dataset[index]
+        assert wave.shape == (RATE + RATE // 2,) and label == clips[index].label_index
+        np.testing.assert_array_equal(wave[RATE // 2 :].numpy(), plain[index][0].numpy())
+        draw = aug.draw(index, RATE)
+        other = plain[min(int(draw.context_word * len(clips)), len(clips) - 1)][0].numpy()
+        np.testing.assert_allclose(wave[: RATE // 2].numpy(), other[-RATE // 2 :], atol=1e-7)
+    np.testing.assert_array_equal(dataset[3][0].numpy(), dataset[3][0].numpy())
+
+
+def test_dataset_context_word_that_fails_to_load(tmp_path):
+    root = tmp_path / "sc"
+    for word in ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"):
+        (root / word).mkdir(parents=True)
+        sf.write(root / word / "0cb74144_nohash_0.wav", tone(500), RATE)
+    broken = root / "no" / "0cb74144_nohash_0.wav"
+    broken.write_bytes(b"not audio")
+    every = SpeechCommands(root, "sc10").clips()
+    clips = [c for c in every if c.path == broken] + [c for c in every if "yes" in c.path.parts]
+    aug = context_augmenter()
+    # an epoch whose draw for the good clip (index 1) names the broken one as its word
+    epoch = next(e for e in range(100) if aug.set_epoch(e) or aug.draw(1, RATE).context_word < 0.5)
+    with pytest.raises(AudioError, match="0cb74144_nohash_0.wav"):
+        ClipDataset(clips, augment=aug).with_context(tone(500), 1)
+    skipping = ClipDataset(clips, augment=aug, on_error="skip")
+    skipping.set_epoch(epoch)
+    wave, label = skipping[1]
+    assert label == clips[1].label_index and not wave[: RATE // 2].any()  # no word, no noise
+    assert list(skipping.bad) == [str(broken)]

@@ -25,7 +25,7 @@ from kws.data.speech_commands import SC10, SILENCE, TASKS, UNKNOWN, which_set
 from kws.training.checkpoint import load_spotter, read_checkpoint
 from kws.training.config import CONFIG_DIR, ConfigError, load_config, parse_set
 from kws.training.datamodule import EpochKeyed, EpochSampler, SpeechCommandsDataModule
-from kws.training.module import build_spotter, spec_augment, warmup_cosine
+from kws.training.module import KWSLightningModule, build_spotter, spec_augment, warmup_cosine
 from kws.training.train import resolve_precision, train
 
 RATE, SECONDS = 8000, 0.25
@@ -320,6 +320,46 @@ def test_resume_mid_epoch_matches_uninterrupted_run(reference, config_path, tmp_
     shipped_a = read_checkpoint(reference / "checkpoints" / "tones.pt")
     shipped_b = read_checkpoint(out / "checkpoints" / "tones.pt")
     assert shipped_a["metrics"] == shipped_b["metrics"]
+
+
+def test_context_crop_keeps_whole_steps_and_the_window_is_the_clip(config_path):
+    config = load_config(config_path, ["data.augment.context_s=0.1"])
+    module = KWSLightningModule(config, list(TASKS["sc12"])).eval()
+    clip, context = int(RATE * SECONDS), module.context_samples
+    assert context == 800  # 0.1 s at 8 kHz: 10 MFCC hops of 80 samples
+    wave = 0.1 * torch.randn(3, context + clip)
+    frames = module.spotter.frontend.config.num_frames(clip)
+    seen = set()
+    for step in range(40):
+        torch.manual_seed(step)
+        cropped, window = module.crop_context(wave)
+        kept = cropped.shape[1] - clip
+        assert kept % 80 == 0 and 0 <= kept <= context and window == frames
+        torch.testing.assert_close(cropped, wave[:, context - kept :], rtol=0, atol=0)
+        seen.add(kept)
+    assert len(seen) >= 8  # 11 lengths possible, 0 and the whole context among them
+    model, frontend = module.spotter.model, module.spotter.frontend
+    with torch.no_grad():
+        alone, window = module.crop_context(wave, kept=0)
+        pooled = model.classify(model.features(frontend(alone))[:, -window:].mean(dim=1))
+        torch.testing.assert_close(pooled, module.spotter(wave[:, context:]))
+        full, window = module.crop_context(wave, kept=context)
+        after = model.classify(model.features(frontend(full))[:, -window:].mean(dim=1))
+        assert not torch.allclose(after, pooled, atol=1e-3)  # the context reached the state
+    with pytest.raises(ValueError, match="multiple of 80 samples"):
+        module.crop_context(wave, kept=40)
+
+
+def test_training_with_preceding_context_learns(config_path, tmp_path):
+    config = load_config(config_path, ["data.augment.context_s=0.1"])
+    data = SpeechCommandsDataModule(config)
+    data.setup()
+    wave, _ = next(iter(data.train_dataloader()))
+    assert wave.shape == (16, 800 + int(RATE * SECONDS))
+    assert next(iter(data.val_dataloader()))[0].shape == (16, int(RATE * SECONDS))
+    train(config, tmp_path / "context", name="tones")
+    val_acc = [float(r["val/acc"]) for r in metrics_rows(tmp_path / "context", "val/acc")]
+    assert len(val_acc) == 5 and max(val_acc) >= 0.6  # chance is 1/12; a harder task than clips
 
 
 def test_weight_averaging_ships_the_average_and_resumes_exactly(config_path, tmp_path):

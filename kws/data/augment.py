@@ -1,4 +1,4 @@
-"""Training augmentation: speed change, band limit, time shift and background noise.
+"""Training augmentation: speed change, band limit, time shift, background noise, context.
 
 Every random choice comes from a generator seeded with (seed, epoch, index), so an
 example is augmented the same way in any DataLoader worker, on any run, and
@@ -26,6 +26,10 @@ class AugmentDraw:
     noise_offset: int  #: first sample of the noise segment
     snr_db: float  #: signal-to-noise ratio of the mix
     low_rate: int | None = None  #: Hz the clip passes through (band limit); None: unchanged
+    #: which clip of the dataset is the preceding word, as a fraction of its length; None: none
+    context_word: float | None = None
+    context_gap: int = 0  #: samples between the preceding word's end and the clip's start
+    context_gain_db: float = 0.0  #: the preceding word's level change
 
 
 class Augmenter:
@@ -47,6 +51,16 @@ class Augmenter:
     --reference`` measures that cap). Clips that sometimes lack the top band teach it
     not to depend on it. It is still trained at 16 kHz only; MFCC models, whose
     bands end at 4 kHz, gain nothing from it.
+
+    Why preceding context (``context_s`` > 0): the streaming detector reads a state
+    copy that has heard between one and two windows of audio since its reset, but a
+    clip starts from the zero state, so a stream shows the model states it never saw
+    in training. With context on, ``preceding`` builds ``context_s`` seconds of what
+    comes before the clip on a stream -- silence and, with probability
+    ``context_word_prob``, another word (the caller loads it) ending ``context_gap_s``
+    before the clip -- and ``apply(audio, draw, before)`` returns it in front of the
+    clip, with the noise running through both at the clip's SNR. The training step
+    crops a random part of it and pools over the clip alone (``kws.training.module``).
     """
 
     def __init__(
@@ -60,6 +74,10 @@ class Augmenter:
         speed: tuple[float, float] | None = None,
         low_rate_prob: float = 0.0,
         low_rate: tuple[int, int] | None = None,
+        context_s: float = 0.0,
+        context_word_prob: float = 0.5,
+        context_gap_s: tuple[float, float] = (0.0, 0.5),
+        context_gain_db: tuple[float, float] = (-6.0, 6.0),
     ):
         if not 0.0 <= noise_prob <= 1.0:
             raise ValueError(f"noise_prob must be in [0, 1], got {noise_prob}")
@@ -80,11 +98,27 @@ class Augmenter:
             raise ValueError(f"shift_ms must be >= 0, got {shift_ms}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
+        if context_s < 0:
+            raise ValueError(f"context_s must be >= 0, got {context_s}")
+        if not 0.0 <= context_word_prob <= 1.0:
+            raise ValueError(f"context_word_prob must be in [0, 1], got {context_word_prob}")
+        if not 0.0 <= context_gap_s[0] <= context_gap_s[1]:
+            raise ValueError(
+                f"context_gap_s must be (low, high) with 0 <= low <= high, got {context_gap_s}"
+            )
+        if context_gain_db[0] > context_gain_db[1]:
+            raise ValueError(
+                f"context_gain_db must be (low, high) with low <= high, got {context_gain_db}"
+            )
         self.noise = [np.asarray(n, dtype=np.float32) for n in noise if len(n)]
         self.sample_rate, self.seed, self.epoch = sample_rate, seed, 0
         self.max_shift = round(shift_ms * sample_rate / 1000)
         self.noise_prob, self.snr_db, self.speed = noise_prob, snr_db, speed
         self.low_rate_prob, self.low_rate = low_rate_prob, (int(low_rate[0]), int(low_rate[1]))
+        #: samples of preceding context that ``preceding`` builds (0: off)
+        self.context = round(context_s * sample_rate)
+        self.context_word_prob = context_word_prob
+        self.context_gap_s, self.context_gain_db = context_gap_s, context_gain_db
 
     def set_epoch(self, epoch: int) -> None:
         """New draws for every epoch; call before the epoch's DataLoader workers start."""
@@ -98,8 +132,8 @@ class Augmenter:
         Every number is drawn whether or not its step is on, so switching one step
         off leaves the others' choices unchanged.
         """
-        # Draws 0-5 are the same as before draws 6-7 existed: old recipes augment as they did.
-        u = np.random.default_rng([self.seed, self.epoch, index]).uniform(size=8)
+        # Draws 0-7 are the same as before draws 8-11 existed: old recipes augment as they did.
+        u = np.random.default_rng([self.seed, self.epoch, index]).uniform(size=12)
         speed = None
         if self.speed is not None:
             speed = float(self.speed[0] + u[0] * (self.speed[1] - self.speed[0]))
@@ -116,12 +150,39 @@ class Augmenter:
             low_rate = int(round(low + u[7] * (high - low)))
         if low_rate == self.sample_rate:
             low_rate = None
+        gap_low, gap_high = self.context_gap_s
+        gain_low, gain_high = self.context_gain_db
         return AugmentDraw(
-            speed, shift, noise_index if use_noise else None, noise_offset, snr_db, low_rate
+            speed, shift, noise_index if use_noise else None, noise_offset, snr_db, low_rate,
+            context_word=float(u[9]) if self.context and u[8] < self.context_word_prob else None,
+            context_gap=round((gap_low + u[10] * (gap_high - gap_low)) * self.sample_rate),
+            context_gain_db=float(gain_low + u[11] * (gain_high - gain_low)),
         )
 
-    def apply(self, audio: np.ndarray, draw: AugmentDraw) -> np.ndarray:
-        """Carry out ``draw`` on a 1-D clip; the result has the clip's length."""
+    def preceding(self, draw: AugmentDraw, word: np.ndarray | None) -> np.ndarray:
+        """The ``context`` samples before the clip: silence, and ``word`` if the draw has one.
+
+        The word (another clip, loaded by the caller) is scaled by the draw's gain and
+        ends ``context_gap`` samples before the clip; what does not fit is cut at the front.
+        """
+        before = np.zeros(self.context, dtype=np.float32)
+        if word is None or draw.context_word is None:
+            return before
+        end = max(self.context - draw.context_gap, 0)
+        take = min(len(word), end)
+        if take:
+            gain = np.float32(10.0 ** (draw.context_gain_db / 20.0))
+            before[end - take : end] = np.asarray(word[len(word) - take :], np.float32) * gain
+        return before
+
+    def apply(
+        self, audio: np.ndarray, draw: AugmentDraw, before: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Carry out ``draw`` on a 1-D clip; the result has the clip's length.
+
+        With ``before`` (from ``preceding``) the result is ``before`` then the clip, and
+        the noise runs through both at the level that gives the clip its SNR.
+        """
         length = audio.shape[-1]
         out = np.asarray(audio, dtype=np.float32)
         if draw.speed is not None and draw.speed != 1.0:
@@ -132,16 +193,21 @@ class Augmenter:
             down = resample(out, self.sample_rate, draw.low_rate)
             out = fix_length(resample(down, draw.low_rate, self.sample_rate), length)
         out = time_shift(out, draw.shift)
+        if before is not None:
+            total = len(before) + length
+            full = np.concatenate([np.asarray(before, np.float32), out])
+            if draw.noise_index is not None:
+                noise = self.noise_segment(draw, total)
+                full = full + np.float64(noise_gain(out, noise[-length:], draw.snr_db)) * noise
+            return full.astype(np.float32, copy=False)
         if draw.noise_index is not None:
             out = mix_at_snr(out, self.noise_segment(draw, length), draw.snr_db)
         return out.astype(np.float32, copy=False)
 
     def noise_segment(self, draw: AugmentDraw, length: int) -> np.ndarray:
-        """``length`` samples of the drawn recording (looped if it is shorter)."""
+        """``length`` samples of the drawn recording from its offset, looped where it ends."""
         noise = self.noise[draw.noise_index]
-        if len(noise) < length:
-            return np.resize(noise, length)
-        return noise[draw.noise_offset : draw.noise_offset + length]
+        return np.take(noise, np.arange(draw.noise_offset, draw.noise_offset + length), mode="wrap")
 
     def __call__(self, audio: np.ndarray, index: int) -> np.ndarray:
         return self.apply(audio, self.draw(index, audio.shape[-1]))
@@ -161,11 +227,18 @@ def time_shift(audio: np.ndarray, samples: int) -> np.ndarray:
     return out
 
 
-def mix_at_snr(signal: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    """``signal`` + ``noise`` scaled so that power(signal) / power(scaled noise) is ``snr_db``."""
+def noise_gain(signal: np.ndarray, noise: np.ndarray, snr_db: float) -> float:
+    """The factor that gives power(signal) / power(factor * noise) = ``snr_db`` (0: no level)."""
     signal_power = float(np.mean(np.square(signal, dtype=np.float64)))
     noise_power = float(np.mean(np.square(noise, dtype=np.float64)))
     if signal_power == 0.0 or noise_power == 0.0:
+        return 0.0
+    return float(np.sqrt(signal_power / (noise_power * 10.0 ** (snr_db / 10.0))))
+
+
+def mix_at_snr(signal: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """``signal`` + ``noise`` scaled so that power(signal) / power(scaled noise) is ``snr_db``."""
+    gain = noise_gain(signal, noise, snr_db)
+    if gain == 0.0:
         return signal
-    gain = np.sqrt(signal_power / (noise_power * 10.0 ** (snr_db / 10.0)))
-    return (signal + gain * noise).astype(np.float32)
+    return (signal + np.float64(gain) * noise).astype(np.float32)

@@ -494,7 +494,10 @@ class ClipDataset(Dataset):
     the bad ones, so that indices stay meaningful and ``bad`` is complete from the start
     (a few seconds per 10k clips). With DataLoader workers each worker fills its own
     copy of ``bad``; validate for a count that holds in the main process.
-    ``augment(audio, index)`` runs on the loaded clip.
+    ``augment(audio, index)`` runs on the loaded clip. An augmenter with preceding
+    context (``augment.context`` > 0 samples, see ``kws.data.augment.Augmenter``) gets
+    the other clip its draw names, and the example is then that context followed by
+    the clip (``augment.context`` + the clip's samples).
     """
 
     def __init__(
@@ -566,7 +569,24 @@ class ClipDataset(Dataset):
                     raise
                 self.bad[err.path] = err.problem
                 continue
-            if self.augment is not None:
+            if getattr(self.augment, "context", 0):
+                audio = self.with_context(audio, index)
+            elif self.augment is not None:
                 audio = self.augment(audio, index)
             return torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), clip.label_index
         raise AudioError(self.clips[index].path, f"no clip of the {n} in this dataset loads")
+
+    def with_context(self, audio: np.ndarray, index: int) -> np.ndarray:
+        """The augmented clip behind the preceding context that its draw asks for."""
+        augment = self.augment
+        draw = augment.draw(index, audio.shape[-1])
+        word = None
+        if draw.context_word is not None:
+            other = self.clips[min(int(draw.context_word * len(self.clips)), len(self.clips) - 1)]
+            try:
+                word = self.load(other)
+            except AudioError as err:  # the clip itself is fine: it goes without the word
+                if self.on_error == "raise":
+                    raise
+                self.bad[err.path] = err.problem
+        return augment.apply(audio, draw, augment.preceding(draw, word))

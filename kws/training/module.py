@@ -12,6 +12,12 @@ Lightning's Trainer runs the loop; this file only says what one step is.
   log-mel bands and frames are set to the clip's mean level before the DCT, so the
   model cannot lean on any one band or instant -- the usual cure for a small
   speaker pool. Masking MFCC coefficients instead would smear every band.
+* Preceding context (``data.augment.context_s``, training batches only): each
+  example arrives with that much audio before its clip (``kws.data.augment``); a
+  step keeps a random part of it, the same for the batch and a whole number of
+  output steps long, and mean-pools over the clip's steps alone. The model so
+  learns to classify a window from the state that audio before it left, which is
+  what the streaming detector asks of it.
 * Dropout draws from torch's global generator, which Lightning does not restore on
   resume; it is re-seeded from (seed, global step, rank) before every step, so
   dropout masks, like the data order, depend only on where training is.
@@ -150,15 +156,50 @@ class KWSLightningModule(L.LightningModule):
 
     # -- steps --------------------------------------------------------------------------
 
+    @property
+    def context_samples(self) -> int:
+        """Samples of preceding context in each training example (0: none)."""
+        seconds = (self.config["data"].get("augment") or {}).get("context_s") or 0.0
+        return round(float(seconds) * self.spotter.frontend.config.sample_rate)
+
+    def crop_context(self, wave: Tensor, kept: int | None = None) -> tuple[Tensor, int]:
+        """(B, context + clip) -> (B, kept + clip), and the model output steps of the clip.
+
+        ``kept`` (None: drawn) is uniform over whole output steps in [0, context], drawn
+        from the global generator (re-seeded every step), so a resume crops the same way.
+        """
+        context = self.context_samples
+        clip = wave.shape[1] - context
+        model, config = self.spotter.model, self.spotter.frontend.config
+        unit = config.hop_length * model.time_pool
+        if kept is None:
+            kept = int(torch.randint(0, context // unit + 1, ())) * unit
+        if kept % unit or not 0 <= kept <= context:
+            raise ValueError(f"kept must be a multiple of {unit} samples in [0, {context}], "
+                             f"got {kept}")
+        return wave[:, context - kept :], config.num_frames(clip) // model.time_pool
+
+    def _logits(self, wave: Tensor, stage: str) -> Tensor:
+        train = stage == "train"
+        spec = self.config.get("spec_augment") or {}
+        masks = train and bool(spec.get("freq_masks") or spec.get("time_masks"))
+        window = None
+        if train and self.context_samples:
+            wave, window = self.crop_context(wave)
+        if not masks and window is None:
+            return self.spotter(wave)
+        frontend, model = self.spotter.frontend, self.spotter.model
+        if masks:
+            features = frontend.cepstra(spec_augment(frontend.log_mel(wave), **spec))
+        else:
+            features = frontend(wave)
+        if window is None:
+            return model(features)
+        return model.classify(model.features(features)[:, -window:].mean(dim=1))
+
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         wave, target = batch
-        spec = self.config.get("spec_augment") or {}
-        if stage == "train" and (spec.get("freq_masks") or spec.get("time_masks")):
-            frontend = self.spotter.frontend
-            log_mel = spec_augment(frontend.log_mel(wave), **spec)
-            logits = self.spotter.model(frontend.cepstra(log_mel))
-        else:
-            logits = self.spotter(wave)
+        logits = self._logits(wave, stage)
         loss = self.criterion(logits.float(), target)
         mean_loss, accuracy = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
         mean_loss(loss.detach(), len(target))
