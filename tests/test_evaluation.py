@@ -564,6 +564,12 @@ def test_model_card_lists_the_models_streaming_exports_and_their_measurements(tm
         "results": [{"threshold": 0.8, "hit_rate": 0.705, "false_alarms_per_hour": 78.0},
                     {"threshold": None, "hit_rate": 0.533, "false_alarms_per_hour": 30.0}]}))
     (tmp_path / "results" / "bench_stream_broken.json").write_text("{not json")
+    # a same-named candidate outside export/ (a study's run) is another model
+    (tmp_path / "results" / "bench_stream_candidate.json").write_text(json.dumps({
+        "model": "runs/study/m_stream_8k.onnx", "split": "test", "stream": {"duration_s": 1800.0},
+        "results": [{"threshold": 0.8, "hit_rate": 0.9, "false_alarms_per_hour": 1.0}],
+        "rows": [{"path": "runs/study/m_stream_8k.onnx", "threads": 1, "step1_rtf": 0.1,
+                  "detector_rtf": 0.2}]}))
 
     (fact,) = streaming_facts(checkpoint)
     assert fact["export"] == "export/m_stream_8k.onnx" and fact["chunk_ms"] == 20.0

@@ -25,7 +25,14 @@ from rich.console import Console
 import kws.demo.listen as listen_module
 from kws.cli import main
 from kws.data.audio import load_audio
-from kws.demo import AudioPipeline, StandInBackend, dbfs, default_model, detector_factory
+from kws.demo import (
+    DEFAULT_MODEL_FILE,
+    AudioPipeline,
+    StandInBackend,
+    dbfs,
+    default_model,
+    detector_factory,
+)
 from kws.demo.listen import MicrophoneQueue, listen
 from kws.streaming.engine import StreamingDetector
 
@@ -273,6 +280,9 @@ def test_default_model_is_the_first_streaming_mfcc_s4_export(tmp_path):
                  "b_mfcc_s4_stream.onnx", "a_S4_MFCC_streaming.onnx", "mfcc_s4_stream.json"):
         (tmp_path / name).touch()
     assert default_model([tmp_path]) == tmp_path / "a_S4_MFCC_streaming.onnx"
+    (tmp_path / DEFAULT_MODEL_FILE).touch()  # the shipped default wins over sorted order
+    assert default_model([tmp_path]) == tmp_path / DEFAULT_MODEL_FILE
+    (tmp_path / DEFAULT_MODEL_FILE).unlink()
     (tmp_path / "a_S4_MFCC_streaming.onnx").unlink()
     assert default_model([tmp_path / "missing", tmp_path]) == tmp_path / "b_mfcc_s4_stream.onnx"
     (tmp_path / "b_mfcc_s4_stream.onnx").unlink()

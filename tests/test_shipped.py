@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from kws.demo import DEFAULT_MODEL_FILE, default_model
 from kws.export.sidecar import ExportSpec
 from kws.export.verify import check_streaming, find_real_clip, judge, synthetic_clip
 
@@ -27,6 +28,10 @@ TOLERANCE = 1e-4
 def test_something_is_shipped():
     assert EXPORTS, "no ONNX export in export/"
     assert CARDS, "no evaluated checkpoint in models/"
+    # the demos' default (kws listen / serve) is shipped, with a sidecar that says it streams
+    assert default_model([REPO / "export"]).name == DEFAULT_MODEL_FILE
+    sidecar = json.loads((REPO / "export" / DEFAULT_MODEL_FILE).with_suffix(".json").read_text())
+    assert sidecar["kind"] == "streaming" and sidecar["sample_rate"] == 16000
 
 
 @pytest.mark.parametrize("sidecar", EXPORTS, ids=lambda p: p.stem)

@@ -24,22 +24,28 @@ from kws.streaming.engine import Event, StreamingDetector
 REPO = Path(__file__).resolve().parents[2]
 #: the level meter's floor; anything quieter (digital silence included) reads as this
 FLOOR_DBFS = -100.0
-#: how the default model is recognised in export/: MFCC features, S4 (not S4D), streaming
+#: the demos' model when it is there: MFCC S4 trained with preceding context, 20-ms steps
+#: (it detects best on long audio; README, "Training for the stream")
+DEFAULT_MODEL_FILE = "s4_mfcc_ctx_stream.onnx"
+#: how a default model is recognised in export/ otherwise: MFCC features, S4 (not S4D), streaming
 DEFAULT_MODEL_NAME = re.compile(r"(?=.*mfcc)(?=.*s4(?!d))(?=.*stream).*\.onnx$", re.IGNORECASE)
 
 DetectorFactory = Callable[[], StreamingDetector]
 
 
 def default_model(folders: list[Path] | None = None) -> Path:
-    """The shipped streaming MFCC S4 model: the first ``export/*mfcc*s4*stream*.onnx``.
+    """The shipped streaming MFCC S4 model: ``DEFAULT_MODEL_FILE``, else the first
+    ``*mfcc*s4*stream*.onnx``.
 
     Names are matched case-insensitively in any order of the three parts, S4D is
     not S4, and the first in sorted order wins. ``folders`` defaults to ./export,
-    then the export/ folder of the checkout kws runs from.
+    then the export/ folder of the checkout kws runs from; each is searched in turn.
     """
     if folders is None:
         folders = list(dict.fromkeys([Path("export").resolve(), REPO / "export"]))
     for folder in folders:
+        if (folder / DEFAULT_MODEL_FILE).is_file():
+            return folder / DEFAULT_MODEL_FILE
         found = sorted(p for p in folder.glob("*.onnx") if DEFAULT_MODEL_NAME.match(p.name))
         if found:
             return found[0]

@@ -329,13 +329,22 @@ def _json_files(folder: Path, pattern: str) -> list[tuple[Path, dict[str, Any]]]
     return found
 
 
+def names_export(path: Any, onnx: Path) -> bool:
+    """Whether a benchmark's model ``path`` is the export ``onnx`` (``export/NAME.onnx``)."""
+    named = Path(str(path or ""))
+    return named.name == onnx.name and named.parent.name == "export"
+
+
 def streaming_facts(checkpoint: Path | None) -> list[dict[str, Any]]:
     """The streaming exports made from ``checkpoint`` and what was measured on them.
 
     Looks where this repository keeps them, beside the checkpoint's folder:
     ``export/*.json`` sidecars whose ``source_checkpoint`` is this file, speed rows of
     ``results/bench_stream*.json`` (``benchmarks/bench_stream.py``, one thread) and
-    detection reports there (``kws bench stream --json``) that name the export.
+    detection reports there (``kws bench stream --json``) that name the export. A
+    report names it by a path whose folder is ``export`` (relative, or absolute in
+    another checkout): a same-named file elsewhere, a study's candidate in ``runs/``
+    say, is another model.
     """
     if checkpoint is None:
         return []
@@ -356,12 +365,12 @@ def streaming_facts(checkpoint: Path | None) -> list[dict[str, Any]]:
         }
         for path, report in results:
             for row in report.get("rows") or []:
-                if Path(str(row.get("path", ""))).name == onnx.name and row.get("threads") == 1:
+                if names_export(row.get("path"), onnx) and row.get("threads") == 1:
                     fact["speed"].append({"source": f"results/{path.name}",
                                           "step_rtf": row.get("step1_rtf"),
                                           "detector_rtf": row.get("detector_rtf"),
                                           "load_1min": row.get("load_1min")})
-            if Path(str(report.get("model", ""))).name == onnx.name and report.get("results"):
+            if names_export(report.get("model"), onnx) and report.get("results"):
                 fact["detection"].append({"source": f"results/{path.name}",
                                           "split": report.get("split"),
                                           "minutes": (report.get("stream") or {}).get(
