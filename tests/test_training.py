@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -320,6 +321,25 @@ def test_resume_mid_epoch_matches_uninterrupted_run(reference, config_path, tmp_
     shipped_a = read_checkpoint(reference / "checkpoints" / "tones.pt")
     shipped_b = read_checkpoint(out / "checkpoints" / "tones.pt")
     assert shipped_a["metrics"] == shipped_b["metrics"]
+
+
+def test_time_limited_run_resumes_only_with_a_larger_limit(config_path, tmp_path, capsys):
+    out = tmp_path / "capped"
+    argv = ["train", "--config", str(config_path), "--out", str(out)]
+    assert main([*argv, "--set", "trainer.max_minutes=0.0001"]) == 0  # stops after a step
+    last = read_checkpoint(out / "checkpoints" / "last.ckpt")
+    used = last["callbacks"]["Timer"]["time_elapsed"]["train"]
+    assert 0.006 <= used < 60 and last["global_step"] < 30
+    capsys.readouterr()
+    # Lightning counts the limit across resumes: the same limit would stop at once.
+    assert main([*argv, "--resume", "last", "--set", "trainer.max_minutes=0.0001"]) == 1
+    err = capsys.readouterr().err
+    assert "already trained for" in err and "trainer.max_minutes=null" in err
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([*argv, "--resume", "last", "--set", "trainer.max_minutes=null"]) == 0
+    assert not [w for w in caught if "Timer" in str(w.message)]
+    assert read_checkpoint(out / "checkpoints" / "last.ckpt")["global_step"] == 30
 
 
 def test_context_crop_keeps_whole_steps_and_the_window_is_the_clip(config_path):

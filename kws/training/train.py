@@ -245,8 +245,9 @@ def resume_path(out_dir: Path, resume: str | None) -> Path | None:
 
 
 def check_resume_config(path: Path, config: dict[str, Any]) -> None:
-    """A resumed run may change epochs or learning rates, not the network it trains."""
-    saved = read_checkpoint(path).get("hyper_parameters", {}).get("config")
+    """A resumed run may change epochs, learning rates or its time limit, not its network."""
+    checkpoint = read_checkpoint(path)
+    saved = checkpoint.get("hyper_parameters", {}).get("config")
     if not isinstance(saved, dict):
         raise ValueError(f"{path}: not a checkpoint written by kws train (no config inside)")
     for section in ARCHITECTURE_SECTIONS:
@@ -255,6 +256,21 @@ def check_resume_config(path: Path, config: dict[str, Any]) -> None:
                 f"--resume {path}: its {section} section {saved.get(section)} differs from the "
                 f"config's {config[section]}; resume with the config it was trained with"
             )
+    limit = config["trainer"]["max_minutes"]
+    trained_s = trained_seconds(checkpoint)
+    if limit is not None and trained_s >= 60 * limit:
+        # Lightning's max_time counts across resumes, so this run would stop at once.
+        raise ValueError(
+            f"--resume {path}: the run has already trained for {trained_s / 60:.0f} min, "
+            f"its trainer.max_minutes is {limit:g} and the limit counts across resumes; "
+            "to continue it pass --set trainer.max_minutes=null or a larger limit"
+        )
+
+
+def trained_seconds(checkpoint: dict[str, Any]) -> float:
+    """Training time a checkpoint's run has used so far, as Lightning's time limit counts it."""
+    timer = checkpoint.get("callbacks", {}).get("Timer", {})
+    return float(timer.get("time_elapsed", {}).get("train", 0.0))
 
 
 def quiet_known_warnings(resuming: bool) -> None:
@@ -266,6 +282,10 @@ def quiet_known_warnings(resuming: bool) -> None:
         # the checkpoint folder is expected to hold this run's own files.
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
         warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
+        # A time-limited run resumed without a limit: its Timer state is rightly unused.
+        warnings.filterwarnings(
+            "ignore", message=r"Be aware that when using `ckpt_path`.*: \['Timer'\]\.$"
+        )
 
 
 def train(
