@@ -50,7 +50,7 @@ TASKS: dict[str, tuple[str, ...]] = {
     "sc35": V2_WORDS,
 }
 SPLITS = ("train", "val", "test")
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aif", ".aiff", ".mp3")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".aif", ".aiff", ".mp3")
 #: Speech Commands clips are one second; silence is cut from the noise files at that length.
 CLIP_SECONDS = 1.0
 LAYOUT_NAMES = {"full": "full archive", "test_set": "test-set archive"}
@@ -69,9 +69,17 @@ def speaker_of(file_name: str) -> str | None:
     return match.group(1) if match else None
 
 
-def split_key(file_name: str) -> str:
-    """What a file is hashed on: its speaker, or the file name when it has no speaker."""
-    return speaker_of(file_name) or file_name
+def as_wav_name(file_name: str) -> str:
+    """The data set's own name for a clip, whatever audio format this copy of it is in.
+
+    Splits hash speakerless names (``_silence_/0001.wav``) and the official lists
+    name ``.wav`` files, so a FLAC or Opus copy (``kws data convert``) splits as
+    the original only if both look at the WAV name.
+    """
+    stem, dot, suffix = file_name.rpartition(".")
+    if dot and f".{suffix.lower()}" in AUDIO_SUFFIXES:
+        return f"{stem}.wav"
+    return file_name
 
 
 def hash_percent(name: str) -> float:
@@ -368,7 +376,7 @@ class SpeechCommands:
     def _split_of_hash(self, file_name: str) -> str:
         speaker = speaker_of(file_name)
         if speaker is None:
-            percent = hash_percent(file_name)
+            percent = hash_percent(as_wav_name(file_name))
         elif self.rule == "speaker_hash_test_band":
             percent = percent_in_test_band(speaker)
         else:
@@ -405,7 +413,7 @@ class SpeechCommands:
                 continue
             for path in audio_files(self.root / word):
                 if self.rule == "official_lists":
-                    split = self._official.get(f"{word}/{path.name}", "train")
+                    split = self._official.get(f"{word}/{as_wav_name(path.name)}", "train")
                 else:
                     split = self._split_of_hash(path.name)
                 into[split].append(self._clip(path, label, split))
