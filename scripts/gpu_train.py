@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override for every job, e.g. to shrink the models for a trial "
                              "on the CPU")
+    parser.add_argument("--fallback-epochs", type=int, default=10,
+                        help="epochs per job if the throughput step fails")
     parser.add_argument("--quick-throughput", action="store_true",
                         help="tiny shapes in the throughput step (a trial run)")
     args = parser.parse_args(argv)
@@ -111,9 +113,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--device cuda: no CUDA GPU is visible to torch")
         summary["gpu"] = torch.cuda.get_device_name()
     started = time.monotonic()
-    rows = run_throughput(args.device, args.out, args.steps,
-                          ["--quick"] if args.quick_throughput else [])
-    rate = {(r["family"], r["pipeline"]): r["samples_per_second"] for r in rows}
+    try:
+        rows = run_throughput(args.device, args.out, args.steps,
+                              ["--quick"] if args.quick_throughput else [])
+        rate = {(r["family"], r["pipeline"]): r["samples_per_second"] for r in rows}
+    except subprocess.CalledProcessError as err:  # still train: the device time is spent
+        summary["throughput_error"] = str(err)
+        rate = {}
     summary["throughput_seconds"] = round(time.monotonic() - started, 1)
     save()
 
@@ -126,8 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         data = SpeechCommands(args.data, config["data"]["task"])
         n_train, n_val = len(data.clips("train")), len(data.clips("val"))
         family, pipeline = config["model"]["name"], config["features"]["kind"]
-        epochs = plan_epochs(rate[(family, pipeline)], n_train, n_val, args.minutes, len(jobs),
-                             config["trainer"]["max_epochs"])
+        if (family, pipeline) in rate:
+            epochs = plan_epochs(rate[(family, pipeline)], n_train, n_val, args.minutes,
+                                 len(jobs), config["trainer"]["max_epochs"])
+        else:  # no measured rate: the time limit alone ends the run
+            epochs = min(args.fallback_epochs, config["trainer"]["max_epochs"])
         run_dir = args.work / job
         command = [
             sys.executable, "-m", "kws", "train", "--config", name, "--out", str(run_dir),
@@ -139,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             "--set", f"data.num_workers={workers}", "--set", "trainer.progress_bar=false",
         ]
         summary["jobs"][job] = {"config": name, "sets": sets, "epochs_planned": epochs,
-                                "samples_per_second": rate[(family, pipeline)],
+                                "samples_per_second": rate.get((family, pipeline)),
                                 "train_clips": n_train, "val_clips": n_val,
                                 "command": " ".join(command)}
         log = (args.out / f"{job}.log").open("w")

@@ -82,3 +82,36 @@ def test_refuses_what_would_waste_the_device(tmp_path, capsys):
         main(["--data", str(tmp_path), "--out", str(tmp_path / "o"),
               "--work", str(tmp_path / "work")])
     assert "holds earlier runs" in capsys.readouterr().err
+
+
+def test_failed_throughput_step_still_trains_on_the_time_limit(tmp_path, monkeypatch, capsys):
+    script = load_script()
+    data = make_speech_commands(tmp_path / "speech_commands_synthetic")
+
+    def broken(*args, **kwargs):
+        raise script.subprocess.CalledProcessError(1, ["train_throughput.py"])
+
+    started = []
+
+    class Finished:
+        """A job that ends at once: this test is about the plan, not the training."""
+
+        def __init__(self, command, **kwargs):
+            started.append(command)
+
+        def wait(self) -> int:
+            return 0
+
+    monkeypatch.setattr(script, "run_throughput", broken)
+    monkeypatch.setattr(script.subprocess, "Popen", Finished)
+    argv = ["--data", str(data), "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"),
+            "--device", "cpu", "--jobs", "s4_raw_band,tcn_raw", "--fallback-epochs", "3",
+            "--minutes", "4"]
+    assert script.main(argv) == 0
+    summary = json.loads((tmp_path / "out" / "gpu_summary.json").read_text())
+    assert "train_throughput.py" in summary["throughput_error"]
+    assert [job["epochs_planned"] for job in summary["jobs"].values()] == [3, 3]
+    assert len(started) == 2
+    for command in started:
+        assert "trainer.max_epochs=3" in command and "trainer.max_minutes=4.5" in command
+    assert "model.bandlimit=1.0" in started[0] and "data.augment.low_rate_prob=0.5" in started[0]
