@@ -311,7 +311,8 @@ class SpeechCommands:
         }
         if self.rule != "official_lists":
             manifest["hash"] = (
-                "p = sha1(speaker id, or file name if none) mod 2**27 * 100 / (2**27 - 1); "
+                "p = sha1(speaker id, or the file name as .wav if none) mod 2**27 * 100 "
+                "/ (2**27 - 1); "
                 + ("for speakers p = (p - 10) * 10 (the official test band stretched); "
                    if self.rule == "speaker_hash_test_band" else "")
                 + "p < val_percent -> val, < val_percent + test_percent -> test, else train"
