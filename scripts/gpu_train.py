@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override for every job, e.g. to shrink the models for a trial "
                              "on the CPU")
+    parser.add_argument("--grace-minutes", type=float, default=1.5,
+                        help="after --minutes, how long jobs may take to finish (their test "
+                             "pass) before they are killed and the archive is written")
     parser.add_argument("--fallback-epochs", type=int, default=10,
                         help="epochs per job if the throughput step fails")
     parser.add_argument("--quick-throughput", action="store_true",
@@ -154,8 +157,17 @@ def main(argv: list[str] | None = None) -> int:
         log = (args.out / f"{job}.log").open("w")
         processes[job] = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     save()
+    # The jobs' own time limit covers fit(); this one also covers the test after it, so
+    # the archive is always written before the device call's limit.
+    deadline = time.monotonic() + 60 * (args.minutes + args.grace_minutes)
     for job, process in processes.items():
-        summary["jobs"][job]["exit_code"] = process.wait()
+        try:
+            summary["jobs"][job]["exit_code"] = process.wait(
+                timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            summary["jobs"][job]["exit_code"] = process.wait()
+            summary["jobs"][job]["killed_at_deadline"] = True
         summary["jobs"][job]["finished_after_s"] = round(time.monotonic() - started, 1)
         save()
 

@@ -84,32 +84,44 @@ def test_refuses_what_would_waste_the_device(tmp_path, capsys):
     assert "holds earlier runs" in capsys.readouterr().err
 
 
-def test_failed_throughput_step_still_trains_on_the_time_limit(tmp_path, monkeypatch, capsys):
+def test_failed_throughput_and_a_hung_job_still_end_with_an_archive(tmp_path, monkeypatch, capsys):
     script = load_script()
     data = make_speech_commands(tmp_path / "speech_commands_synthetic")
 
     def broken(*args, **kwargs):
         raise script.subprocess.CalledProcessError(1, ["train_throughput.py"])
 
-    started = []
+    started, killed = [], []
 
-    class Finished:
-        """A job that ends at once: this test is about the plan, not the training."""
+    class Job:
+        """The first job ends at once, the second hangs past the deadline until killed."""
 
         def __init__(self, command, **kwargs):
             started.append(command)
+            self.index = len(started) - 1
+            self.hangs = self.index == 1
 
-        def wait(self) -> int:
-            return 0
+        def wait(self, timeout: float | None = None) -> int:
+            if self.hangs and timeout is not None:
+                assert timeout <= 60 * (4 + 1.5)  # --minutes plus the default grace
+                raise script.subprocess.TimeoutExpired("kws train", timeout)
+            return -9 if self.hangs else 0
+
+        def kill(self) -> None:
+            killed.append(self.index)
 
     monkeypatch.setattr(script, "run_throughput", broken)
-    monkeypatch.setattr(script.subprocess, "Popen", Finished)
+    monkeypatch.setattr(script.subprocess, "Popen", Job)
     argv = ["--data", str(data), "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"),
             "--device", "cpu", "--jobs", "s4_raw_band,tcn_raw", "--fallback-epochs", "3",
             "--minutes", "4"]
-    assert script.main(argv) == 0
+    assert script.main(argv) == 1  # a job failed: the exit code says so
     summary = json.loads((tmp_path / "out" / "gpu_summary.json").read_text())
     assert "train_throughput.py" in summary["throughput_error"]
+    assert killed == [1] and summary["jobs"]["tcn_raw"]["killed_at_deadline"]
+    assert summary["jobs"]["tcn_raw"]["exit_code"] == -9
+    assert summary["jobs"]["s4_raw_band"]["exit_code"] == 0
+    assert (tmp_path / "out" / "gpu_runs.tar.gz").is_file()  # packed all the same
     assert [job["epochs_planned"] for job in summary["jobs"].values()] == [3, 3]
     assert len(started) == 2
     for command in started:
