@@ -14,7 +14,14 @@ from test_data import _bad_files, make_full, make_test_set, speaker_ids
 from kws.cli import main
 from kws.data.audio import AudioError, load_audio
 from kws.data.convert import convert_dataset
-from kws.data.speech_commands import SC10, SPLITS, ClipDataset, SpeechCommands, as_wav_name
+from kws.data.speech_commands import (
+    SC10,
+    SPLITS,
+    ClipDataset,
+    SpeechCommands,
+    as_wav_name,
+    which_set,
+)
 
 
 def split_table(root: Path, task: str) -> dict[str, list[tuple]]:
@@ -32,6 +39,8 @@ def test_wav_name_of_any_audio_format():
     assert as_wav_name("bed_ab12_nohash_1.wav") == "bed_ab12_nohash_1.wav"
     assert as_wav_name("validation_list.txt") == "validation_list.txt"
     assert as_wav_name("noext") == "noext"
+    names = [f"{k:04d}" for k in range(40)]
+    assert [which_set(f"{n}.opus") for n in names] == [which_set(f"{n}.wav") for n in names]
 
 
 @pytest.mark.parametrize("layout", ["test_set", "full"])

@@ -104,8 +104,11 @@ def split_for_percent(percent: float, val_percent: float, test_percent: float) -
 
 
 def which_set(name: str, val_percent: float = 10.0, test_percent: float = 10.0) -> str:
-    """'train', 'val' or 'test' for a file name or speaker id, by the data set's own rule."""
-    return split_for_percent(hash_percent(name), val_percent, test_percent)
+    """'train', 'val' or 'test' for a file name or speaker id, by the data set's own rule.
+
+    A file name counts as its WAV name, as a scan of a converted copy does.
+    """
+    return split_for_percent(hash_percent(as_wav_name(name)), val_percent, test_percent)
 
 
 def percent_in_test_band(speaker: str) -> float:
