@@ -156,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
                                 "samples_per_second": rate.get((family, pipeline)),
                                 "train_clips": n_train, "val_clips": n_val,
                                 "command": " ".join(command)}
-        log = (args.out / f"{job}.log").open("w")
-        processes[job] = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        with (args.out / f"{job}.log").open("w") as log:  # the child keeps its own copy
+            processes[job] = subprocess.Popen(command, cwd=REPO, stdout=log,
+                                              stderr=subprocess.STDOUT)
     save()
     # The jobs' own time limit covers fit(); this one also covers the test after it, so
     # the archive is always written before the device call's limit.
