@@ -58,6 +58,7 @@ def test_trial_run_on_the_cpu_trains_every_job_and_packs_them(tmp_path, capsys):
     # Only what a device returns: at most 8 files in $OUT, none deeper.
     assert sorted(p.name for p in out.iterdir()) == [
         "gpu_runs.tar.gz", "gpu_summary.json", "lstm_raw.log", "tcn_raw.log", "throughput.json"]
+    assert "test/acc" in (out / "tcn_raw.log").read_text()  # the job's own output
     unpacked = tmp_path / "back"
     with tarfile.open(out / "gpu_runs.tar.gz") as archive:
         names = archive.getnames()
