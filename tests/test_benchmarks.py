@@ -66,3 +66,29 @@ def test_rate_consistency_tells_a_near_continuous_layer_from_one_past_nyquist():
         assert all(e["median"] < 0.05 for e in lower) and 0.1 < top["median"] < 0.25
         lowest = next(iter(fast_bands))
         assert fast_bands[lowest]["median"] > 0.1 > 10 * slow_bands[lowest]["median"]
+
+
+def test_pool_by_time_scores_what_the_model_computes():
+    """Its by-time plan is the model's own path: it agrees with the spotter's predictions."""
+    import numpy as np
+    import torch
+
+    from kws.features import FeatureConfig
+    from kws.models import build_model
+    from kws.spotter import KeywordSpotter
+
+    bench = load("pool_by_time")
+    torch.manual_seed(0)
+    labels = ["yes", "no", "_unknown_", "_silence_"]
+    model = build_model("s4", 1, 4, pipeline="raw", d_model=8, d_state=8, n_layers=2,
+                        pool=[4, 4])
+    spotter = KeywordSpotter(FeatureConfig("raw"), model, labels).eval()
+    rng = np.random.default_rng(0)
+    for rate in (11025, 8000):
+        waves = (0.3 * rng.standard_normal((6, rate))).astype(np.float32)
+        with torch.no_grad():
+            predicted = spotter(torch.from_numpy(waves), rate).argmax(-1).numpy()
+        plan = model.pool_plan(16000 / rate)
+        assert bench.accuracy(spotter, waves, rate, plan, predicted) == 1.0
+        by_samples = [(p, 16000 / rate) for p in model.pool]
+        assert bench.describe(by_samples).startswith("[4 dt x")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from kws.export.onnx_export import export_spotter
 from kws.export.verify import synthetic_clip
 from kws.features import FeatureConfig
 from kws.models import build_model, model_from_config
-from kws.models.s4 import S4Classifier, mean_pool
+from kws.models.s4 import S4Classifier, area_pool, mean_pool
 from kws.spotter import KeywordSpotter
 from kws.streaming.step_model import StreamingSpotter, chunk_plan
 
@@ -122,7 +123,9 @@ def test_pools_span_time_so_8_khz_output_lines_up_with_16_khz():
     model = pooled(d_model=16, d_state=16, pool=[4, 4], dt_min=1e-3, dt_max=2e-2)
     assert model.pool_plan(2.0) == [(2, 2.0), (4, 1.0)]
     assert model.pool_plan(0.5) == [(8, 0.5), (4, 1.0)]  # 32 kHz
-    assert model.pool_plan(16000 / 11025) == [(4, 16000 / 11025)] * 2  # no pool fits
+    # no pool spans whole samples at 11.025 kHz: the first pools 2.75625 by area
+    assert model.pool_plan(16000 / 11025) == [(Fraction(441, 160), 16000 / 11025), (4, 1.0)]
+    assert model.pool_plan(16000 / 3000) == [(4, 16000 / 3000)] * 2  # no pool spans a sample
     assert model.time_pool_at(2.0) == 8 and model.time_pool_at(1.0) == 16
     t = torch.arange(16000) / 16000
     wave = 0.4 * torch.sin(2 * torch.pi * 60 * t) + 0.3 * torch.sin(2 * torch.pi * 170 * t + 1)
@@ -181,6 +184,64 @@ def test_streamed_clip_equals_clip_model(rate):
     assert rel_err(stream.stream_clip(wave), want) < 1e-4
 
 
+def test_area_pool_is_the_mean_over_each_span_of_time():
+    h = torch.randn(2, 100, 3)
+    assert torch.equal(area_pool(h, Fraction(4)), mean_pool(h, 4))  # whole samples: the mean
+    # span 5/2: output j is the mean over [2.5 j, 2.5 (j + 1)), half of the middle step shared
+    got = area_pool(h, Fraction(5, 2))
+    assert got.shape == (2, 40, 3)
+    want0 = (h[:, 0] + h[:, 1] + 0.5 * h[:, 2]) / 2.5
+    want1 = (0.5 * h[:, 2] + h[:, 3] + h[:, 4]) / 2.5
+    assert torch.allclose(got[:, 0], want0) and torch.allclose(got[:, 1], want1)
+    # the incomplete last span is dropped, as mean_pool drops a partial group
+    assert area_pool(h[:, :99], Fraction(5, 2)).shape == (2, 39, 3)
+    # a constant stays itself and the integral is kept: sum(out) * span == sum(in)
+    ramp = torch.arange(441.0).reshape(1, -1, 1)
+    pooled_ramp = area_pool(ramp, Fraction(441, 160))
+    assert torch.allclose(area_pool(torch.ones(1, 441, 1), Fraction(441, 160)), torch.ones(1))
+    assert torch.isclose(pooled_ramp.sum() * 441 / 160, ramp.sum())
+
+
+def test_area_pool_lines_up_11_khz_with_16_khz():
+    """At 11.025 kHz no pool spans whole samples; the area pool still puts block 2 on
+    the trained 4-kHz grid with its trained dt, so the outputs follow the 16 kHz ones,
+    closer than pooling by samples with dt rescaled everywhere (the former rule)."""
+    model = pooled(d_model=16, d_state=16, pool=[4, 4], dt_min=1e-3, dt_max=2e-2)
+    rf = 16000 / 11025
+    assert model.pool_group_at(rf) == (441, 40) and model.time_pool_at(rf) == 441
+    assert model.output_steps(11025, rf) == 1000 and model.output_steps(11024, rf) == 999
+    def tone(rate):
+        t = torch.arange(rate) / rate
+        wave = 0.4 * torch.sin(2 * torch.pi * 60 * t) + 0.3 * torch.sin(2 * torch.pi * 170 * t + 1)
+        return wave.reshape(1, -1, 1)
+    with torch.no_grad():
+        y16, y11 = model.features(tone(16000)), model.features(tone(11025), rf)
+        h = model.encoder(tone(11025))  # the former rule: 4 samples a pool, dt x rf everywhere
+        for block in model.blocks:
+            h = mean_pool(block(h, rf), 4)
+        by_samples = model.norm(h)
+    assert y11.shape == y16.shape == (1, 1000, 16) and by_samples.shape[1] == 689
+    # compare over the same span of time: 689 by-samples steps cover 0-1 s at 1.45 ms each
+    times = (torch.arange(689) + 1) * 16 / 11025  # end of each by-samples step, s
+    nearest = y16[:, (times * 1000).long().clamp(max=999) - 1]
+    assert rel_err(y11, y16) < 0.03
+    assert rel_err(by_samples, nearest) > 2 * rel_err(y11, y16)
+
+
+@pytest.mark.parametrize("chunk", [441, 882, 2205])
+def test_step_equals_features_with_an_area_pool(chunk):
+    model = pooled(pool=[4, 4])
+    rf = 16000 / 11025
+    x = torch.randn(2, 11025, 1)
+    with torch.no_grad():
+        want = model.features(x, rf)
+        got = model.stream(x, chunk, rf)
+    assert got.shape == want.shape == (2, 1000, 8)
+    assert rel_err(got, want) < 1e-4
+    with pytest.raises(ValueError, match="multiple of the model's pooling 441 steps"):
+        model.step(torch.randn(1, 160, 1), model.initial_state(1), rf)
+
+
 def test_chunk_must_hold_whole_groups():
     cfg = FeatureConfig("raw")
     plan = chunk_plan(cfg, 10, 16000, time_pool=32)
@@ -190,20 +251,26 @@ def test_chunk_must_hold_whole_groups():
         chunk_plan(cfg, 10, 16000, time_pool=64)
     with pytest.raises(ValueError, match="pooling groups of 32"):  # [4, 8] at 8 kHz
         StreamingSpotter(spotter(pool=[8, 8]), chunk_ms=10, sample_rate=8000)
+    with pytest.raises(ValueError, match="pooling groups of 441 steps; use a chunk of a "
+                                         "multiple of 40 ms"):  # an area pool at 11.025 kHz
+        StreamingSpotter(spotter(), chunk_ms=1000 / 49, sample_rate=11025)  # 225 samples
+    plan = chunk_plan(cfg.at_rate(11025), 40, 11025, time_pool=441, group_outputs=40)
+    assert plan["window_outputs"] == 1000
 
 
-@pytest.mark.parametrize("rate", [16000, 8000])
-def test_streaming_onnx_export_of_a_pooled_raw_model(rate, tmp_path):
+@pytest.mark.parametrize("rate, chunk_ms", [(16000, 10), (8000, 10), (11025, 40)])
+def test_streaming_onnx_export_of_a_pooled_raw_model(rate, chunk_ms, tmp_path):
     import onnxruntime as ort
 
     spot = spotter()
     clip = synthetic_clip(rate, rate)
     spec = export_spotter(
-        spot, tmp_path / "pooled.onnx", streaming=True, sample_rate=rate,
+        spot, tmp_path / "pooled.onnx", streaming=True, sample_rate=rate, chunk_ms=chunk_ms,
         check_audio=(clip, "synthetic"),
     )
     assert spec.parity["max_rel_err"] < 1e-4
-    assert spec.chunk_samples == rate // 100 and spec.window_chunks == 100
+    assert spec.chunk_samples == rate * chunk_ms // 1000
+    assert spec.window_chunks == 1000 // chunk_ms
     assert spec.model_config["pool"] == [4, 4]
     # drive it from the sidecar alone and compare with torch's clip logits
     sess = ort.InferenceSession(str(spec.onnx_path), providers=["CPUExecutionProvider"])
@@ -218,9 +285,10 @@ def test_streaming_onnx_export_of_a_pooled_raw_model(rate, tmp_path):
     assert np.abs(logits - want).max() / np.abs(want).max() < 1e-4
 
 
-def test_clip_onnx_export_of_a_pooled_raw_model(tmp_path):
+@pytest.mark.parametrize("rate", [8000, 11025])
+def test_clip_onnx_export_of_a_pooled_raw_model(rate, tmp_path):
     spec = export_spotter(
-        spotter(), tmp_path / "clip.onnx", sample_rate=8000,
-        check_audio=(synthetic_clip(8000, 8000), "synthetic"),
+        spotter(), tmp_path / "clip.onnx", sample_rate=rate,
+        check_audio=(synthetic_clip(rate, rate), "synthetic"),
     )
     assert spec.kind == "clip" and spec.parity["max_rel_err"] < 1e-4

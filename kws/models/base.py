@@ -84,6 +84,14 @@ class KWSModel(nn.Module):
         """Input steps per output step for input at trained_rate / rate_factor."""
         return self.time_pool
 
+    def pool_group_at(self, rate_factor: float = 1.0) -> tuple[int, int]:
+        """(input steps, outputs) of the smallest chunk that a stream can move in."""
+        return self.time_pool_at(rate_factor), 1
+
+    def output_steps(self, length: int, rate_factor: float = 1.0) -> int:
+        """Outputs for ``length`` input steps (whole groups only)."""
+        return length // self.time_pool_at(rate_factor)
+
     @property
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -20,10 +20,15 @@ lower rate and a raw model trains several times faster. A pool is a span of time
 not of samples: at another rate the first pool whose span is a whole number of
 the new samples takes that many (2 instead of 4 at 8 kHz, 8 at 32 kHz), its block
 and those before it get dt x rate_factor, and the blocks after it run at their
-trained rate with their trained dt (``pool_plan``). Where no pool fits (11.025
-kHz from 16 kHz) every pool keeps its sample count and every block gets dt x
-rate_factor. Measured on the shipped ``s4_raw_pool`` at 8 kHz: 65.9% by time
-against 56.8% by samples (``benchmarks/pool_by_time.py``).
+trained rate with their trained dt (``pool_plan``). Where no pool spans whole
+samples (at 11.025 kHz the first 0.25-ms pool spans 2.75625 samples), the first
+one that spans more than one sample pools by area (``area_pool``): each output
+is the mean of the block's output over its span of time, with each sample held
+over its own interval, so the later blocks still run at their trained rate.
+For a span of a/b samples the weights repeat every a samples (441, 40 ms, at
+11.025 kHz), so a stream moves in multiples of that. Measured on the shipped
+``s4_raw_pool`` at 8 kHz: 65.9% by time against 56.8% by samples, and the same
+comparison at 11.025, 22.05 and 44.1 kHz, in ``benchmarks/pool_by_time.py``.
 
 A, B and P are shared by the H channels of a layer and each channel has its own
 dt and C, as in the S4 reference configuration for Speech Commands (``n_ssm: 1``):
@@ -35,8 +40,10 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+from fractions import Fraction
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -315,14 +322,41 @@ class S4Classifier(KWSModel):
         return math.prod(self.pool)
 
     def time_pool_at(self, rate_factor: float = 1.0) -> int:
-        """Input steps per output step for input at trained_rate / rate_factor."""
-        return math.prod(factor for factor, _ in self.pool_plan(rate_factor))
+        """Input steps in one whole group at every stage, for input at trained_rate / rate_factor.
 
-    def pool_plan(self, rate_factor: float = 1.0) -> list[tuple[int, float]]:
+        A streamed chunk must be a multiple of it. With whole-sample pools it is the
+        product of the factors (one output per group); with an area pool of a/b samples
+        it is the shortest run of a-sample periods whose b outputs the later pools
+        group whole (``pool_group_at``).
+        """
+        return self.pool_group_at(rate_factor)[0]
+
+    def pool_group_at(self, rate_factor: float = 1.0) -> tuple[int, int]:
+        """(input steps, outputs) of the smallest whole group at every stage."""
+        plan = self.pool_plan(rate_factor)
+        steps = 1
+        for i, (factor, _) in enumerate(plan):
+            if isinstance(factor, Fraction) and factor.denominator > 1:
+                a, b = factor.numerator, factor.denominator
+                rest = math.prod(int(f) for f, _ in plan[i + 1 :])  # whole pools after it
+                periods = rest // math.gcd(b, rest)  # b * periods outputs group whole
+                return steps * a * periods, b * periods // rest
+            steps *= int(factor)
+        return steps, 1
+
+    def output_steps(self, length: int, rate_factor: float = 1.0) -> int:
+        """Outputs for ``length`` input steps: each stage drops its incomplete last group."""
+        for factor, _ in self.pool_plan(rate_factor):
+            length = length * factor.denominator // factor.numerator \
+                if isinstance(factor, Fraction) else length // factor
+        return length
+
+    def pool_plan(self, rate_factor: float = 1.0) -> list[tuple[int | Fraction, float]]:
         """Per block, (pooling factor, dt multiplier) for input at trained_rate / rate_factor.
 
         The first pool that spans a whole number (>= 1) of the input's samples absorbs
-        the rate change; see the module docstring.
+        the rate change; where none does, the first that spans more than one sample
+        absorbs it as an area pool (a Fraction of samples); see the module docstring.
         """
         plan, left = [], float(rate_factor)
         for factor in self.pool:
@@ -333,28 +367,37 @@ class S4Classifier(KWSModel):
                     left = 1.0
                     continue
             plan.append((factor, left))
-        if left != 1.0:  # nothing absorbed it: pool by samples, dt x rate_factor everywhere
+        if left == 1.0:
+            return plan
+        plan, left = [], float(rate_factor)
+        for factor in self.pool:
+            if left != 1.0 and factor > 1 and factor / left > 1:
+                plan.append((samples_spanned(factor, left), left))
+                left = 1.0
+                continue
+            plan.append((factor, left))
+        if left != 1.0:  # no pool spans a sample: pool by samples, dt x rate_factor everywhere
             return [(factor, float(rate_factor)) for factor in self.pool]
         return plan
 
     def features(self, x: Tensor, rate_factor: float = 1.0) -> Tensor:
-        """(B, L, C) -> (B, L // time_pool, H).
+        """(B, L, C) -> (B, output_steps(L), H).
 
-        Where a stage's length is not a multiple of its factor, the last incomplete
+        Where a stage's length is not a whole number of its groups, the last incomplete
         group is dropped: an output step only ever averages whole groups of past
         steps (causal), and a stream of whole-group chunks sees the same groups.
         """
         self._check_input(x, rate_factor)
-        time_pool = self.time_pool_at(rate_factor)
-        if time_pool > 1 and x.shape[1] < time_pool:
+        if self.output_steps(x.shape[1], rate_factor) < 1:
             raise ValueError(
                 f"input of {x.shape[1]} steps is shorter than the model's pooling "
-                f"{time_pool} (pool={self.pool}): it would give no output step"
+                f"{self.time_pool_at(rate_factor)} (pool={self.pool}): it would give no "
+                f"output step"
             )
         h = self.encoder(x)
         for block, (factor, block_rate) in zip(self.blocks, self.pool_plan(rate_factor),
                                                strict=True):
-            h = mean_pool(block(h, block_rate), factor)
+            h = pool_steps(block(h, block_rate), factor)
         return self.norm(h)
 
     def initial_state(self, batch: int) -> State:
@@ -384,7 +427,7 @@ class S4Classifier(KWSModel):
         plan = self.pool_plan(rate_factor)
         for block, s, (factor, block_rate) in zip(self.blocks, state, plan, strict=True):
             h, s = block.step(h, s, block_rate)
-            h = mean_pool(h, factor)
+            h = pool_steps(h, factor)
             new_state.append(s)
         return self.norm(h), new_state
 
@@ -485,6 +528,48 @@ def mean_pool(h: Tensor, factor: int) -> Tensor:
     groups, channels = int(h.shape[1]) // factor, int(h.shape[2])
     # -1 for the batch: the ONNX trace keeps it dynamic (only the batch axis is)
     return h[:, : groups * factor].reshape(-1, groups, factor, channels).mean(dim=2)
+
+
+def samples_spanned(factor: int, rate_factor: float) -> Fraction:
+    """factor / rate_factor as an exact fraction: the samples a pool spans at the new rate.
+
+    rate_factor is trained_rate / input_rate, a ratio of whole rates, so its exact
+    value is the nearest fraction with a small denominator.
+    """
+    ratio = Fraction(rate_factor).limit_denominator(1_000_000)
+    if not math.isclose(float(ratio), rate_factor, rel_tol=1e-12):
+        raise ValueError(f"rate_factor {rate_factor!r} is not a ratio of two sample rates")
+    return Fraction(factor) / ratio
+
+
+def pool_steps(h: Tensor, factor: int | Fraction) -> Tensor:
+    """Whole-sample mean pooling, or area pooling where the factor is a fraction."""
+    if isinstance(factor, Fraction) and factor.denominator > 1:
+        return area_pool(h, factor)
+    return mean_pool(h, int(factor))
+
+
+def area_pool(h: Tensor, span: Fraction) -> Tensor:
+    """(B, L, H) -> (B, floor(L / span), H): the mean over each span of ``span`` steps.
+
+    Step i holds its value over [i, i + 1); output j averages over [j span, (j + 1) span),
+    so a step that straddles two spans is shared between them by overlap. With
+    span = a/b the weights repeat every a steps (b outputs). Indices and weights are
+    built from the static length, so an ONNX trace keeps them as constants.
+    """
+    a, b = span.numerator, span.denominator
+    length = int(h.shape[1])
+    outputs = length * b // a
+    width = -(-a // b) + 1  # the most steps one span touches
+    j = np.arange(outputs)[:, None]
+    index = (j * a) // b + np.arange(width)[None, :]
+    overlap = np.minimum((j + 1) * a, (index + 1) * b) - np.maximum(j * a, index * b)
+    weight = torch.from_numpy(np.clip(overlap, 0, None) / a).to(h.device, h.dtype)
+    index = torch.from_numpy(np.minimum(index, length - 1)).to(h.device)  # weight 0 where clipped
+    out = h[:, index[:, 0]] * weight[:, 0, None]
+    for k in range(1, width):
+        out = out + h[:, index[:, k]] * weight[:, k, None]
+    return out
 
 
 def _float32(x: Tensor) -> contextlib.AbstractContextManager:

@@ -31,7 +31,9 @@ Raw audio has none of this: one step per sample, no delay, no skipped chunks.
 Pooled models. A model that pools in time (S4 with ``pool``) emits one output per
 ``time_pool`` steps, so a chunk must be a whole number of its groups (160 raw
 samples at 16 kHz and 80 at 8 kHz both split into groups of 16) and the window
-divides by the clip's ``clip_frames // time_pool`` outputs, not its steps.
+divides by the clip's outputs, not its steps. Where a pool spans a fraction of a
+sample (an area pool, 11.025 kHz from 16 kHz) a whole group is 441 samples that
+give 40 outputs, so chunks are multiples of 40 ms there.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ from kws.features import FeatureConfig
 
 
 def chunk_plan(
-    cfg: FeatureConfig, chunk_ms: float, clip_samples: int, time_pool: int = 1
+    cfg: FeatureConfig, chunk_ms: float, clip_samples: int, time_pool: int = 1,
+    group_outputs: int = 1,
 ) -> dict[str, int]:
     """How ``chunk_ms`` chunks line up with ``cfg``'s framing and a clip; ValueError if they cannot.
 
@@ -54,7 +57,8 @@ def chunk_plan(
     clip_frames, window_chunks, lead_frames (frames before the stream, skipped),
     lead_chunks, delay_samples (extra frontend delay that puts frame ends on chunk
     boundaries), delay_frames (extra feature delay that makes lead_frames a
-    whole number of chunks), time_pool (model steps per model output) and
+    whole number of chunks), time_pool (model steps in one whole pooling group,
+    which gives ``group_outputs`` outputs: 1, or more for an area pool) and
     window_outputs (model outputs in one clip, what the window's sum divides by).
     """
     rate = cfg.sample_rate
@@ -101,7 +105,7 @@ def chunk_plan(
         "delay_samples": ahead * hop - win,
         "delay_frames": delay_frames,
         "time_pool": time_pool,
-        "window_outputs": clip_frames // time_pool,
+        "window_outputs": clip_frames // time_pool * group_outputs,
     }
 
 
@@ -142,7 +146,7 @@ class StreamingSpotter(nn.Module):
             self.feature_config,
             chunk_ms,
             spotter.clip_samples(self.sample_rate),
-            self.model.time_pool_at(self.rate_factor),
+            *self.model.pool_group_at(self.rate_factor),
         )
         self.plan = plan
         self.chunk_samples = plan["chunk_samples"]
