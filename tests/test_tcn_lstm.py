@@ -242,3 +242,65 @@ def test_step_exports_to_onnx(family):
                 None, {"x": piece.numpy(), **dict(zip(names, onnx_state, strict=True))}
             )
             np.testing.assert_allclose(y_onnx, y.numpy(), rtol=1e-4, atol=1e-4 * y.abs().max())
+
+
+def pooled_tcn(pool=(1, 4, 1, 2, 1), seed: int = 0) -> TCNClassifier:
+    torch.manual_seed(seed)
+    return TCNClassifier(1, 4, d_model=8, kernel_size=3, pool=list(pool)).eval()
+
+
+def test_pooled_tcn_restarts_its_dilations_at_each_pool():
+    from kws.models.tcn import dilations
+
+    assert dilations([1, 4, 1, 2, 1]) == [1, 2, 1, 2, 1]
+    assert dilations([1] * 4) == [1, 2, 4, 8]  # no pool: the plain TCN's 2**i
+    model = pooled_tcn()
+    assert model.n_blocks == 5 and model.time_pool == 8 and model.config["pool"] == [1, 4, 1, 2, 1]
+    assert [b.history for b in model.blocks] == [2, 4, 2, 4, 2]
+    assert "pool [1, 4, 1, 2, 1] (1/8 rate out)" in model.summary()
+    # a config without pool builds the model it always did
+    plain = TCNClassifier(1, 4, d_model=8, n_blocks=3)
+    assert "pool" not in plain.config and plain.receptive_field == receptive_field(3, 3)
+
+
+def test_pooled_receptive_field_formula_is_exact():
+    """Gradient of the last output: the input steps that reach it are exactly the field."""
+    model = pooled_tcn()
+    # 1 + 2*2*(1 + 2) = 13; pool 4 adds 3 -> 16; span 4: + 2*2*(1 + 2)*4 = 64; pool 2
+    # adds 1*4 -> 68; span 8: + 2*2*1*8 -> 100
+    assert model.receptive_field == 100
+    x = torch.randn(1, 160, 1, requires_grad=True)
+    model.features(x)[0, -1].sum().backward()
+    reached = torch.nonzero(x.grad[0, :, 0]).flatten()
+    assert int(reached[-1]) == 159 and 160 - int(reached[0]) == model.receptive_field
+
+
+@pytest.mark.parametrize("chunk", [8, 40, 160, 800])
+def test_pooled_tcn_streams_like_its_clip_form(chunk):
+    model = pooled_tcn()
+    x = clip("raw", length=800)
+    with torch.no_grad():
+        want = model.features(x)
+        assert want.shape == (2, 100, 8)
+        assert_rel_close(model.stream(x, chunk), want)
+    with pytest.raises(ValueError, match="multiple of the model's pooling 8 steps"):
+        model.step(x[:, :12], model.initial_state(2))
+    with pytest.raises(ValueError, match="shorter than the model's pooling 8"):
+        model.features(x[:, :7])
+
+
+def test_pooled_tcn_ignores_the_rate_and_exports(tmp_path):
+    """At 8 kHz its pools still count samples (no knob), and the streaming export holds."""
+    from kws.export.onnx_export import export_spotter
+    from kws.export.verify import synthetic_clip
+    from kws.features import FeatureConfig
+    from kws.spotter import KeywordSpotter
+
+    torch.manual_seed(0)
+    model = build_model("tcn", 1, 4, pipeline="raw", d_model=8, pool=[4, 1, 4, 1, 1])
+    spot = KeywordSpotter(FeatureConfig("raw"), model, ["yes", "no", "_unknown_", "_silence_"])
+    spot.eval()
+    assert model.time_pool_at(2.0) == 16 and model.output_steps(8000, 2.0) == 500
+    spec = export_spotter(spot, tmp_path / "tcn_pool.onnx", streaming=True, sample_rate=8000,
+                          check_audio=(synthetic_clip(8000, 8000), "synthetic"))
+    assert spec.parity["max_rel_err"] < 1e-4 and spec.chunk_samples == 80

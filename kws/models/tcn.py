@@ -11,20 +11,48 @@ baseline that shows what a model without S4's sample-rate knob does at 8 kHz.
 Streaming keeps, per convolution, a buffer of the last (k-1)*d inputs it saw.
 The clip form is the streaming form run once from zero buffers, which is exactly
 what left zero-padding means, so both forms share one code path.
+
+Pooling in time (``pool``, as for S4): after block i the sequence is mean-pooled
+over groups of pool[i] steps and the dilations start again from 1, so a raw TCN
+can run most of its blocks at 1 kHz and train on a CPU. Pools count samples at
+every rate: the TCN knows nothing of the rate, which is the point of the baseline.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kws.models.base import KWSModel, State
+from kws.models.s4 import check_pool, mean_pool
 
 
 def receptive_field(kernel_size: int, n_blocks: int) -> int:
     """Steps of input that reach one output: two convs per block, dilation 2**i in block i."""
     return 1 + 2 * (kernel_size - 1) * (2**n_blocks - 1)
+
+
+def dilations(pool: list[int]) -> list[int]:
+    """Per block, 2**(blocks since the last pool): the doubling starts again at each new rate."""
+    out, run = [], 0
+    for factor in pool:
+        out.append(2**run)
+        run = 0 if factor > 1 else run + 1
+    return out
+
+
+def pooled_receptive_field(kernel_size: int, pool: list[int]) -> int:
+    """Input steps that reach one output of a TCN that pools: each step of a later stage
+    spans the product of the pools before it, and a pool of p adds p - 1 of its steps."""
+    field, span = 1, 1
+    for dilation, factor in zip(dilations(pool), pool, strict=True):
+        field += 2 * (kernel_size - 1) * dilation * span
+        field += (factor - 1) * span
+        span *= factor
+    return field
 
 
 def blocks_to_cover(steps: int, kernel_size: int) -> int:
@@ -88,21 +116,28 @@ class TCNClassifier(KWSModel):
         steps_per_second: float = 16000.0,
         cover_seconds: float = 1.0,
         dropout: float = 0.1,
+        pool: list[int] | None = None,
     ):
         super().__init__(in_channels, n_classes, d_model)
         if kernel_size < 2:
             raise ValueError(f"kernel_size must be at least 2 to see the past, got {kernel_size}")
+        if pool is not None and n_blocks is None:
+            n_blocks = len(pool) if isinstance(pool, (list, tuple)) else 0
         if n_blocks is None:
             n_blocks = blocks_to_cover(round(cover_seconds * steps_per_second), kernel_size)
         if n_blocks < 1:
             raise ValueError(f"n_blocks must be at least 1, got {n_blocks}")
+        check_pool(pool, n_blocks)
+        #: per block, the mean-pooling factor applied after it (1: none)
+        self.pool = [int(p) for p in pool] if pool is not None else [1] * n_blocks
         self.kernel_size = kernel_size
         self.n_blocks = n_blocks
         self.steps_per_second = steps_per_second
-        self.receptive_field = receptive_field(kernel_size, n_blocks)
+        self.receptive_field = pooled_receptive_field(kernel_size, self.pool)
         self.encoder = nn.Linear(in_channels, d_model)
         self.blocks = nn.ModuleList(
-            TemporalBlock(d_model, kernel_size, 2**i, dropout) for i in range(n_blocks)
+            TemporalBlock(d_model, kernel_size, dilation, dropout)
+            for dilation in dilations(self.pool)
         )
         self.config = {
             "family": self.family,
@@ -115,10 +150,23 @@ class TCNClassifier(KWSModel):
             "cover_seconds": cover_seconds,
             "dropout": dropout,
         }
+        if pool is not None:  # only when set: configs from before pooling stay as they were
+            self.config["pool"] = list(self.pool)
+
+    @property
+    def time_pool(self) -> int:
+        """Input steps per output step: the product of the pools (at every rate)."""
+        return math.prod(self.pool)
 
     def features(self, x: Tensor, rate_factor: float = 1.0) -> Tensor:
-        """(B, L, C) -> (B, L, H). ``rate_factor`` is ignored: a TCN has no step size."""
-        return self.step(x, self.initial_state(x.shape[0], like=x), rate_factor)[0]
+        """(B, L, C) -> (B, L // time_pool, H). ``rate_factor`` is ignored: a TCN has no
+        step size. Each pool drops its incomplete last group, as S4's does."""
+        if x.shape[1] < self.time_pool:
+            raise ValueError(
+                f"input of {x.shape[1]} steps is shorter than the model's pooling "
+                f"{self.time_pool} (pool={self.pool}): it would give no output step"
+            )
+        return self._run(x, self.initial_state(x.shape[0], like=x))[0]
 
     def initial_state(self, batch: int, like: Tensor | None = None) -> State:
         """Zero buffers, two per block (one per conv), each (B, H, (k-1)*dilation)."""
@@ -130,11 +178,24 @@ class TCNClassifier(KWSModel):
         ]
 
     def step(self, x: Tensor, state: State, rate_factor: float = 1.0) -> tuple[Tensor, State]:
-        """(B, K, C) chunk -> (B, K, H); the buffers carry each conv's dilated history."""
+        """(B, K, C) chunk -> (B, K // time_pool, H); the buffers carry each conv's dilated
+        history. With pooling K must be a multiple of ``time_pool``, so that every chunk
+        starts on a group boundary at every stage."""
+        if x.shape[1] % self.time_pool:
+            raise ValueError(
+                f"a streamed chunk must be a multiple of the model's pooling {self.time_pool} "
+                f"steps (pool={self.pool}), got {x.shape[1]}"
+            )
+        return self._run(x, state)
+
+    def _run(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """The one path of both forms: blocks, each followed by its pool."""
         h = self.encoder(x).transpose(1, 2)
         new_state: State = []
-        for i, block in enumerate(self.blocks):
+        for i, (block, factor) in enumerate(zip(self.blocks, self.pool, strict=True)):
             h, past1, past2 = block(h, state[2 * i], state[2 * i + 1])
+            if factor > 1:
+                h = mean_pool(h.transpose(1, 2), factor).transpose(1, 2)
             new_state += [past1, past2]
         return h.transpose(1, 2), new_state
 
@@ -144,4 +205,6 @@ class TCNClassifier(KWSModel):
             f"tcn: {self.n_parameters:,} parameters, d_model={self.d_model}, "
             f"{self.n_blocks} blocks of kernel {self.kernel_size}, receptive field "
             f"{self.receptive_field:,} steps ({seconds:.3g} s at {self.steps_per_second:g} steps/s)"
+            + (f", pool {self.pool} (1/{self.time_pool} rate out)" if "pool" in self.config
+               else "")
         )
