@@ -28,7 +28,7 @@ The window is exactly the clip's 98 frames, so a chunk must split them evenly
 (10, 20 or 70 ms, not 40 ms, at 10 ms hops).
 Raw audio has none of this: one step per sample, no delay, no skipped chunks.
 
-Pooled models. A model that pools in time (S4 with ``pool``) emits one output per
+Pooled models. A model that pools in time (S4 or TCN with ``pool``) emits one output per
 ``time_pool`` steps, so a chunk must be a whole number of its groups (160 raw
 samples at 16 kHz and 80 at 8 kHz both split into groups of 16) and the window
 divides by the clip's outputs, not its steps. Where a pool spans a fraction of a
