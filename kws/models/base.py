@@ -21,6 +21,7 @@ multiply their step size dt by it; TCN and LSTM accept it and ignore it.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -109,3 +110,25 @@ class KWSModel(nn.Module):
             y, state = self.step(x[:, start : start + chunk], state, rate_factor)
             outs.append(y)
         return torch.cat(outs, dim=1)
+
+
+def check_pool(pool: list[int] | None, n_layers: int) -> None:
+    """``pool`` is None or one integer factor >= 1 per layer."""
+    if pool is None:
+        return
+    if not isinstance(pool, (list, tuple)) or len(pool) != n_layers:
+        raise ValueError(
+            f"pool must be a list of one factor per layer ({n_layers}), got {pool!r}"
+        )
+    for factor in pool:
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 1:
+            raise ValueError(f"pool factors must be integers >= 1, got {pool!r}")
+
+
+def mean_pool(h: Tensor, factor: int) -> Tensor:
+    """(B, L, H) -> (B, L // factor, H): the mean of each whole group of ``factor`` steps."""
+    if factor == 1:
+        return h
+    groups, channels = int(h.shape[1]) // factor, int(h.shape[2])
+    # -1 for the batch: the ONNX trace keeps it dynamic (only the batch axis is)
+    return h[:, : groups * factor].reshape(-1, groups, factor, channels).mean(dim=2)

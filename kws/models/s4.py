@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kws.models import s4_kernels as sk
-from kws.models.base import KWSModel, State
+from kws.models.base import KWSModel, State, check_pool, mean_pool
 
 KERNELS = ("dplr", "diag-lin", "diag-inv", "diag-legs")
 #: the longest piece of a chunk that the recurrent step does in one matmul
@@ -506,28 +506,6 @@ def check_arguments(
             f"bandlimit must be a positive fraction of the Nyquist frequency (1.0 keeps the "
             f"modes below it) or null, got {bandlimit!r}"
         )
-
-
-def check_pool(pool: list[int] | None, n_layers: int) -> None:
-    """``pool`` is None or one integer factor >= 1 per layer."""
-    if pool is None:
-        return
-    if not isinstance(pool, (list, tuple)) or len(pool) != n_layers:
-        raise ValueError(
-            f"pool must be a list of one factor per layer ({n_layers}), got {pool!r}"
-        )
-    for factor in pool:
-        if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 1:
-            raise ValueError(f"pool factors must be integers >= 1, got {pool!r}")
-
-
-def mean_pool(h: Tensor, factor: int) -> Tensor:
-    """(B, L, H) -> (B, L // factor, H): the mean of each whole group of ``factor`` steps."""
-    if factor == 1:
-        return h
-    groups, channels = int(h.shape[1]) // factor, int(h.shape[2])
-    # -1 for the batch: the ONNX trace keeps it dynamic (only the batch axis is)
-    return h[:, : groups * factor].reshape(-1, groups, factor, channels).mean(dim=2)
 
 
 def samples_spanned(factor: int, rate_factor: float) -> Fraction:

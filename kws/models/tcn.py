@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kws.models.base import KWSModel, State
-from kws.models.s4 import check_pool, mean_pool
+from kws.models.base import KWSModel, State, check_pool, mean_pool
 
 
 def receptive_field(kernel_size: int, n_blocks: int) -> int:
