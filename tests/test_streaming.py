@@ -422,6 +422,57 @@ def test_real_export_and_checkpoint_backends_agree(tiny, rng):
         np.testing.assert_allclose(onnx.step(chunk), eager.step(chunk), rtol=1e-4, atol=1e-5)
 
 
+def test_ensemble_averages_its_members_posteriors(tiny, tmp_path, rng, capsys):
+    from kws.data.audio import save_audio
+    from kws.streaming.backends import EnsembleBackend, open_backend
+
+    _, onnx_path = tiny
+    spotter = tiny_spotter()
+    with torch.no_grad():  # another "seed": the same shapes, other weights
+        for p in spotter.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    other = tmp_path / "other.onnx"
+    export_tiny(spotter, other)
+    ensemble = open_backend(f"{onnx_path},{other}", copies=2)
+    assert isinstance(ensemble, EnsembleBackend) and ensemble.copies == 2
+    assert ensemble.labels == LABELS and ensemble.chunk_samples == 160
+    one, two = OnnxStepBackend(onnx_path, copies=2), OnnxStepBackend(other, copies=2)
+    differ = 0.0
+    for n in range(60):
+        if n == 40:  # a reset reaches every member
+            for backend in (ensemble, one, two):
+                backend.reset(0)
+        chunk = (0.2 * rng.standard_normal(160)).astype(np.float32)
+        p1, p2 = softmax(one.step(chunk)), softmax(two.step(chunk))
+        np.testing.assert_allclose(softmax(ensemble.step(chunk)), (p1 + p2) / 2, atol=1e-6)
+        differ = max(differ, float(np.abs(p1 - p2).max()))
+    assert differ > 0.05  # the members really differ, so the average is not either one
+    # a listener's copy (the demo server's) owns its members' states
+    import copy
+
+    mine = copy.copy(ensemble)
+    mine.reset()
+    before = [m.states for m in ensemble.members]
+    mine.step(np.ones(160, np.float32))
+    for member, states in zip(ensemble.members, before, strict=True):
+        for now, then in zip(member.states, states, strict=True):
+            np.testing.assert_array_equal(now, then)
+    # members must agree on what they stream
+    coarse = tmp_path / "coarse.onnx"
+    export_tiny(tiny_spotter(), coarse, chunk_ms=20)
+    with pytest.raises(ValueError, match="disagree on chunk_samples.*coarse.onnx"):
+        open_backend(f"{onnx_path},{coarse}")
+    with pytest.raises(ValueError, match="an empty name"):
+        open_backend(f"{onnx_path},")
+    with pytest.raises(ValueError, match="at least two models"):
+        EnsembleBackend([one])
+    # the command line takes the same comma-separated list
+    wav = tmp_path / "noise.wav"
+    save_audio(wav, (0.1 * rng.standard_normal(RATE * 2)).astype(np.float32), RATE)
+    code, _, err = run_cli(["stream", f"{onnx_path},{other}", str(wav), "--json"], capsys)
+    assert code == 0 and "EnsembleBackend" in err, err
+
+
 @pytest.mark.slow
 def test_an_hour_of_noise_through_a_real_export(tmp_path):
     """1 h of noise through a tiny MFCC LSTM exported with 980-ms steps (3,674 ONNX calls).

@@ -18,6 +18,7 @@ Copies run as one batch when the model's batch axis is dynamic, else one call ea
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -333,6 +334,81 @@ class TorchStepBackend(StepBackend):
         return logits.float().numpy()
 
 
+class EnsembleBackend(StepBackend):
+    """Several step models on the same audio, their posteriors averaged.
+
+    Models trained with different seeds make different mistakes on words they
+    were not trained to spot, so the average of their posteriors crosses a
+    threshold on fewer of them (``kws bench stream`` measures it). Each member
+    keeps its own states; all must agree on rate, chunk, labels and window. The
+    engine applies softmax to what ``step`` returns, so it returns the log of the
+    mean posterior: softmax of that is the mean itself.
+    """
+
+    def __init__(self, members: list[StepBackend]):
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least two models, got {len(members)}")
+        first = members[0]
+        for other in members[1:]:
+            for name in ("sample_rate", "chunk_samples", "labels", "window_s"):
+                if getattr(other, name) != getattr(first, name):
+                    raise ValueError(
+                        f"ensemble members disagree on {name}: {describe_member(first)} has "
+                        f"{getattr(first, name)!r}, {describe_member(other)} "
+                        f"{getattr(other, name)!r}; export them alike (same --chunk-ms, "
+                        f"--rate and task)"
+                    )
+        self.members = members
+        self.sample_rate, self.chunk_samples = first.sample_rate, first.chunk_samples
+        self.labels, self.window_s = list(first.labels), first.window_s
+        self.set_copies(first.copies)
+
+    def __copy__(self) -> EnsembleBackend:
+        """A copy whose members are copies too: the demo server gives each listener a
+        shallow copy of the backend, and each copy must own its members' states."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.members = [copy.copy(member) for member in self.members]
+        return new
+
+    def set_copies(self, copies: int) -> None:
+        for member in self.members:
+            member.set_copies(copies)
+        self.copies = copies
+
+    def reset(self, copy: int | None = None) -> None:
+        for member in self.members:
+            member.reset(copy)
+
+    def step(self, chunk: np.ndarray) -> np.ndarray:
+        return self.step_trusted(self.check_chunk(chunk))
+
+    def step_trusted(self, chunk: np.ndarray) -> np.ndarray:
+        mean = np.zeros((self.copies, self.n_classes))
+        for member in self.members:
+            logits = member.step_trusted(chunk).astype(np.float64)
+            shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            mean += shifted / shifted.sum(axis=-1, keepdims=True)
+        return np.log(np.maximum(mean / len(self.members), 1e-300))
+
+    def describe(self) -> str:
+        names = ", ".join(describe_member(m) for m in self.members)
+        return f"EnsembleBackend of {len(self.members)} ({names}): " + super().describe()
+
+
+def describe_member(backend: StepBackend) -> str:
+    path = getattr(backend, "path", None)
+    return str(path) if path is not None else type(backend).__name__
+
+
+def split_models(model: str | Path) -> list[Path]:
+    """``a.onnx,b.onnx``: the models of an ensemble, in order (one path: a list of one)."""
+    parts = [part.strip() for part in str(model).split(",")]
+    if any(not part for part in parts):
+        raise ValueError(f"{model}: an empty name in the comma-separated list of models")
+    return [Path(part) for part in parts]
+
+
 def open_backend(
     model: str | Path, threads: int = 1, chunk_ms: float | None = None, copies: int = 1
 ) -> StepBackend:
@@ -340,8 +416,13 @@ def open_backend(
 
     ``chunk_ms`` picks the step of a checkpoint; an ONNX model's step is fixed at
     export, so a different ``chunk_ms`` is an error rather than a silent change.
+    Several models separated by commas (``a.onnx,b.onnx``) run as one
+    ``EnsembleBackend`` that averages their posteriors.
     """
-    path = Path(model)
+    paths = split_models(model)
+    if len(paths) > 1:
+        return EnsembleBackend([open_backend(p, threads, chunk_ms, copies) for p in paths])
+    path = paths[0]
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file")
     if path.suffix == ".onnx":

@@ -60,7 +60,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "stream", help="keyword events in an audio file of any length",
         description="Run the streaming detector over an audio file (resampled to the model's "
         "rate) and print its keyword events. MODEL is an exported .onnx (with its .json "
-        "sidecar beside it) or a .pt/.ckpt checkpoint, which runs in PyTorch.",
+        "sidecar beside it) or a .pt/.ckpt checkpoint, which runs in PyTorch; several "
+        "models separated by commas (a.onnx,b.onnx) run as one ensemble that averages their "
+        "posteriors.",
     )
     stream.add_argument("model", type=Path, metavar="MODEL")
     stream.add_argument("file", type=Path, metavar="FILE")
@@ -78,7 +80,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Build a seeded long stream of background noise with keyword and other-word "
         "clips at known times, run the detector once, and score it at each threshold.",
     )
-    bench.add_argument("--model", type=Path, required=True, help=".onnx or .pt/.ckpt")
+    bench.add_argument("--model", type=Path, required=True,
+                       help=".onnx or .pt/.ckpt; a,b,... averages several (an ensemble)")
     bench.add_argument("--data", type=Path, default=None,
                        help="Speech Commands folder (default: found as `kws data stats` does)")
     bench.add_argument("--minutes", type=float, default=10.0, help="stream length (default 10)")
