@@ -204,6 +204,12 @@ def test_bad_hyperparameters_fail_clearly():
         TCNClassifier(1, 2, n_blocks=0)
     with pytest.raises(ValueError, match="n_layers"):
         LSTMClassifier(1, 2, n_layers=0)
+    with pytest.raises(ValueError, match="pool must be a list of one factor per block, got 4"):
+        TCNClassifier(1, 2, pool=4)
+    with pytest.raises(ValueError, match=r"one factor per layer \(3\)"):
+        TCNClassifier(1, 2, n_blocks=3, pool=[4, 1])
+    with pytest.raises(ValueError, match="integers >= 1"):
+        TCNClassifier(1, 2, pool=[4, 0])
 
 
 class _StepModule(torch.nn.Module):

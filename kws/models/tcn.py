@@ -120,8 +120,10 @@ class TCNClassifier(KWSModel):
         super().__init__(in_channels, n_classes, d_model)
         if kernel_size < 2:
             raise ValueError(f"kernel_size must be at least 2 to see the past, got {kernel_size}")
+        if pool is not None and not isinstance(pool, (list, tuple)):
+            raise ValueError(f"pool must be a list of one factor per block, got {pool!r}")
         if pool is not None and n_blocks is None:
-            n_blocks = len(pool) if isinstance(pool, (list, tuple)) else 0
+            n_blocks = len(pool)
         if n_blocks is None:
             n_blocks = blocks_to_cover(round(cover_seconds * steps_per_second), kernel_size)
         if n_blocks < 1:
