@@ -620,3 +620,14 @@ def test_cards_write_paths_in_and_beside_the_checkout_relative_to_it(tmp_path):
         "kws eval models/a.pt --data ../shared/data/dev --json /elsewhere/out.json"
     )
     assert portable(None, repo) is None
+
+
+def test_rate_policy_says_how_a_pooled_model_meets_a_rate():
+    from kws.evaluation.evaluate import rate_policy
+
+    plain = "raw samples; S4 multiplies its step dt by trained_rate / rate"
+    assert rate_policy("s4", "raw") == plain
+    assert "keep their span of time" in rate_policy("s4", "raw", pooled=True)
+    assert "pools counting samples" in rate_policy("tcn", "raw", pooled=True)
+    assert rate_policy("tcn", "raw").endswith("between samples)")
+    assert rate_policy("s4", "mfcc", pooled=True).startswith("MFCC at the new rate")

@@ -592,7 +592,8 @@ def evaluate_checkpoints(
             "resampler": resampler,
             "source_rate": SOURCE_RATE,
             "rate_policy": rate_policy(
-                meta["model_config"].get("family"), meta["feature_config"].get("kind")
+                meta["model_config"].get("family"), meta["feature_config"].get("kind"),
+                pooled=any(f > 1 for f in meta["model_config"].get("pool") or []),
             ),
             "command": eval_command(
                 [path], data_root, split, rates, resampler, json_path, limit, reference
@@ -641,13 +642,18 @@ def evaluate_checkpoints(
     }
 
 
-def rate_policy(family: str | None, pipeline: str | None) -> str:
+def rate_policy(family: str | None, pipeline: str | None, pooled: bool = False) -> str:
     """How this checkpoint meets a new sample rate, in one line for the report."""
     if pipeline == "mfcc":
         return "MFCC at the new rate: " + MFCC_POLICY
+    if family in ("s4", "s4d") and pooled:
+        return ("raw samples; its pools keep their span of time (area-weighted where that is "
+                "not whole samples), and the S4 blocks before the first one that moves the "
+                "rate multiply their step dt by trained_rate / rate")
     if family in ("s4", "s4d"):
         return "raw samples; S4 multiplies its step dt by trained_rate / rate"
-    return f"raw samples as they are ({family} has no notion of time between samples)"
+    pools = ", pools counting samples" if pooled else ""
+    return f"raw samples as they are ({family} has no notion of time between samples{pools})"
 
 
 def _resamplable(method: str, rate: int) -> bool:
