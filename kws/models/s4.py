@@ -38,6 +38,7 @@ that is what gives the paper's model its size of about 0.3M parameters.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import numbers
 from fractions import Fraction
@@ -535,19 +536,26 @@ def area_pool(h: Tensor, span: Fraction) -> Tensor:
     span = a/b the weights repeat every a steps (b outputs). Indices and weights are
     built from the static length, so an ONNX trace keeps them as constants.
     """
-    a, b = span.numerator, span.denominator
-    length = int(h.shape[1])
+    index, weight = area_weights(span.numerator, span.denominator, int(h.shape[1]))
+    index, weight = index.to(h.device), weight.to(h.device, h.dtype)
+    out = h[:, index[:, 0]] * weight[:, 0, None]
+    for k in range(1, index.shape[1]):
+        out = out + h[:, index[:, k]] * weight[:, k, None]
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def area_weights(a: int, b: int, length: int) -> tuple[Tensor, Tensor]:
+    """(outputs, width) input indices and weights of ``area_pool`` for a span of a/b
+    steps over ``length`` steps; cached, since a stream asks for the same chunk each step."""
     outputs = length * b // a
     width = -(-a // b) + 1  # the most steps one span touches
     j = np.arange(outputs)[:, None]
     index = (j * a) // b + np.arange(width)[None, :]
     overlap = np.minimum((j + 1) * a, (index + 1) * b) - np.maximum(j * a, index * b)
-    weight = torch.from_numpy(np.clip(overlap, 0, None) / a).to(h.device, h.dtype)
-    index = torch.from_numpy(np.minimum(index, length - 1)).to(h.device)  # weight 0 where clipped
-    out = h[:, index[:, 0]] * weight[:, 0, None]
-    for k in range(1, width):
-        out = out + h[:, index[:, k]] * weight[:, k, None]
-    return out
+    weight = np.clip(overlap, 0, None) / a
+    index = np.minimum(index, length - 1)  # weight 0 where clipped
+    return torch.from_numpy(index), torch.from_numpy(weight)
 
 
 def _float32(x: Tensor) -> contextlib.AbstractContextManager:

@@ -31,6 +31,13 @@ CLIP_SECONDS = 1.0
 NON_KEYWORDS = ("_unknown_", "_silence_")
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Posteriors from logits over the last axis, safe for large logits."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
 class StepBackend:
     """What every backend shares: metadata, input validation and copy bookkeeping."""
 
@@ -384,12 +391,9 @@ class EnsembleBackend(StepBackend):
         return self.step_trusted(self.check_chunk(chunk))
 
     def step_trusted(self, chunk: np.ndarray) -> np.ndarray:
-        mean = np.zeros((self.copies, self.n_classes))
-        for member in self.members:
-            logits = member.step_trusted(chunk).astype(np.float64)
-            shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-            mean += shifted / shifted.sum(axis=-1, keepdims=True)
-        return np.log(np.maximum(mean / len(self.members), 1e-300))
+        mean = sum(softmax(member.step_trusted(chunk).astype(np.float64))
+                   for member in self.members) / len(self.members)
+        return np.log(np.maximum(mean, 1e-300))
 
     def describe(self) -> str:
         names = ", ".join(describe_member(m) for m in self.members)

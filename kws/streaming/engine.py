@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from kws.streaming.backends import NON_KEYWORDS, StepBackend
+from kws.streaming.backends import NON_KEYWORDS, StepBackend, softmax
 
 DEFAULT_THRESHOLD = 0.8
 DEFAULT_SMOOTHING_MS = 100.0
@@ -84,13 +84,6 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Posteriors from logits over the last axis, safe for large logits."""
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 class ResetSchedule:
