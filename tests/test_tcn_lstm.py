@@ -310,3 +310,59 @@ def test_pooled_tcn_ignores_the_rate_and_exports(tmp_path):
     spec = export_spotter(spot, tmp_path / "tcn_pool.onnx", streaming=True, sample_rate=8000,
                           check_audio=(synthetic_clip(8000, 8000), "synthetic"))
     assert spec.parity["max_rel_err"] < 1e-4 and spec.chunk_samples == 80
+
+
+def framed_lstm(frame: int = 16, seed: int = 0) -> LSTMClassifier:
+    torch.manual_seed(seed)
+    return LSTMClassifier(1, 4, d_model=8, n_layers=2, frame=frame).eval()
+
+
+def test_framed_lstm_maps_each_frame_to_one_step():
+    """Frame f of the input, and nothing after it, decides LSTM step f."""
+    model = framed_lstm()
+    assert model.time_pool == 16 and model.config["frame"] == 16
+    assert model.encoder.in_features == 16
+    assert "frames of 16 steps (1/16 rate out)" in model.summary()
+    x = clip("raw", length=16 * 10 + 5, batch=1)  # an incomplete last frame is dropped
+    with torch.no_grad():
+        base = model.features(x)
+        assert base.shape == (1, 10, 8)
+        poked = x.clone()
+        poked[0, 16 * 6 + 3] += 1.0  # inside frame 6
+        moved = (model.features(poked) - base).abs().amax(dim=2)[0]
+    assert torch.all(moved[:6] == 0) and torch.all(moved[6:] > 0)
+    # a config without frame builds the model it always did, one step per input step
+    plain = LSTMClassifier(1, 4, d_model=8)
+    assert "frame" not in plain.config and plain.time_pool == 1
+
+
+@pytest.mark.parametrize("chunk", [16, 48, 160, 800])
+def test_framed_lstm_streams_like_its_clip_form(chunk):
+    model = framed_lstm()
+    x = clip("raw", length=800)
+    with torch.no_grad():
+        assert_rel_close(model.stream(x, chunk), model.features(x))
+    with pytest.raises(ValueError, match="multiple of the model's frame of 16 steps, got 20"):
+        model.step(x[:, :20], model.initial_state(2))
+    with pytest.raises(ValueError, match="shorter than one frame of 16 steps"):
+        model.features(x[:, :15])
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="frame must be an integer >= 1"):
+            LSTMClassifier(1, 4, frame=bad)
+
+
+def test_framed_lstm_ignores_the_rate_and_exports(tmp_path):
+    """At 8 kHz a frame still counts 16 samples (no knob), and the streaming export holds."""
+    from kws.export.onnx_export import export_spotter
+    from kws.export.verify import synthetic_clip
+    from kws.features import FeatureConfig
+    from kws.spotter import KeywordSpotter
+
+    torch.manual_seed(0)
+    model = build_model("lstm", 1, 4, pipeline="raw", d_model=8, frame=16)
+    spot = KeywordSpotter(FeatureConfig("raw"), model, ["yes", "no", "_unknown_", "_silence_"])
+    spot.eval()
+    assert model.time_pool_at(2.0) == 16 and model.output_steps(8000, 2.0) == 500
+    spec = export_spotter(spot, tmp_path / "lstm_frame.onnx", streaming=True, sample_rate=8000,
+                          check_audio=(synthetic_clip(8000, 8000), "synthetic"))
+    assert spec.parity["max_rel_err"] < 1e-4 and spec.chunk_samples == 80

@@ -161,7 +161,7 @@ def test_config_file_errors(tmp_path):
 def test_shipped_configs_build_their_spotters():
     names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
     expected = {f"{m}_{p}" for m in ("s4", "s4d", "tcn", "lstm") for p in ("raw", "mfcc")}
-    assert expected | {"tiny_mfcc", "s4_raw_pool", "tcn_raw_pool"} == set(names)
+    assert expected | {"tiny_mfcc", "s4_raw_pool", "tcn_raw_pool", "lstm_raw_frame"} == set(names)
     have_s4 = (REPO / "kws" / "models" / "s4.py").is_file()
     for name in names:
         config = load_config(name)
