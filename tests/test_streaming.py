@@ -87,7 +87,8 @@ def export_toy(module: ToyStep, folder: Path, name: str = "toy", dynamic: bool =
 
 
 class ScriptedBackend(StepBackend):
-    """Logits scripted in time: each burst (label, start_s, end_s) lifts one label's logit."""
+    """Logits scripted in time: each burst (label, start_s, end_s[, level]) lifts one label's
+    logit, to ``level`` unless the burst gives its own."""
 
     def __init__(self, bursts, chunk_samples: int = 160, window_s: float = 1.0, level=8.0):
         self.sample_rate, self.chunk_samples = RATE, chunk_samples
@@ -105,9 +106,9 @@ class ScriptedBackend(StepBackend):
         now = self.t * self.chunk_s
         logits = np.zeros(len(self.labels))
         logits[self.labels.index("_silence_")] = 2.0
-        for label, start, end in self.bursts:
+        for label, start, end, *level in self.bursts:
             if start < now <= end:
-                logits[self.labels.index(label)] = self.level
+                logits[self.labels.index(label)] = level[0] if level else self.level
         return np.tile(logits, (self.copies, 1))
 
 
@@ -258,13 +259,15 @@ def test_callback_top_and_time():
     assert detector.top(2)[0][0] == "no" and detector.top(2)[0][1] > 0.9
 
 
-def test_decode_trace_equals_streaming(rng):
+@pytest.mark.parametrize(("hold_ms", "refractory_ms"), [(0, 300), (50, 300), (200, 0), (200, 300)])
+def test_decode_trace_equals_streaming(rng, hold_ms, refractory_ms):
     # random-walk logits give many crossings, refractory conflicts and ties between keywords
     logits = np.cumsum(rng.standard_normal((3000, len(LABELS))) * 2.0, axis=0) % 12
     posteriors = softmax(logits)
-    options = dict(threshold=0.6, smoothing_ms=30, refractory_ms=300)
+    options = dict(threshold=0.6, smoothing_ms=30, refractory_ms=refractory_ms, hold_ms=hold_ms)
     decoder = EventDecoder(LABELS, 0.01, 1.0, **options)
     streamed = [decoder.update(p, (t + 1) * 0.01) for t, p in enumerate(posteriors)]
+    streamed.append(decoder.finish(len(posteriors) * 0.01))  # what flush does at the end
     streamed = [e for e in streamed if e is not None]
     assert len(streamed) > 10
     offline = decode_trace(posteriors, LABELS, 0.01, 1.0, **options)
@@ -272,6 +275,34 @@ def test_decode_trace_equals_streaming(rng):
         (e.keyword, round(e.end_s, 6)) for e in streamed
     ]
     np.testing.assert_allclose([e.score for e in offline], [e.score for e in streamed])
+    if hold_ms:  # the hold changed some decisions, not only their times
+        plain = decode_trace(posteriors, LABELS, 0.01, 1.0, **{**options, "hold_ms": 0})
+        assert [e.keyword for e in plain] != [e.keyword for e in offline]
+
+
+def test_hold_lets_the_keyword_that_peaks_highest_win():
+    """'no' crosses first and weakly, 'yes' follows strongly: without a hold the refractory
+    period keeps the early, wrong 'no'; with one the event is the 'yes', hold_ms later."""
+    weak = softmax(np.r_[0, 4.0, 0, 0, 2.0])[1]  # "no" alone at level 4: 0.84
+    bursts = [("no", 1.0, 1.1, 4.0), ("yes", 1.1, 1.5)]
+    plain = scripted_detector(bursts, smoothing_ms=10).process(silence(3))
+    assert [(e.keyword, round(e.end_s, 2)) for e in plain] == [("no", 1.01)]
+    held = scripted_detector(bursts, smoothing_ms=10, hold_ms=300).process(silence(3))
+    assert [(e.keyword, round(e.end_s, 2)) for e in held] == [("yes", 1.31)]
+    assert held[0].score > 0.99 and held[0].start_s == pytest.approx(0.31)
+    # alone, the weak keyword still fires after the hold, with its own score
+    alone = scripted_detector(bursts[:1], smoothing_ms=10, hold_ms=300).process(silence(3))
+    assert [(e.keyword, round(e.end_s, 2)) for e in alone] == [("no", 1.31)]
+    assert alone[0].score == pytest.approx(weak)
+    # a candidate still held when the file ends is decided by flush, callback included
+    seen: list[Event] = []
+    late = scripted_detector([("stop", 1.8, 2.0)], smoothing_ms=10, hold_ms=500,
+                             on_event=seen.append)
+    assert late.feed(silence(2.0)) == []
+    ended = late.flush()
+    assert [(e.keyword, round(e.end_s, 2)) for e in ended] == [("stop", 2.0)] and seen == ended
+    with pytest.raises(ValueError, match="hold_ms must be >= 0"):
+        scripted_detector(bursts, hold_ms=-1)
 
 
 # -- the reset schedule ------------------------------------------------------------------------
@@ -638,6 +669,19 @@ def test_score_events_counts_hits_false_alarms_and_latency():
     assert wider["latency_p90_s"] == pytest.approx(1.16)  # of -0.2, 0.2, 1.4
 
 
+def test_best_within_picks_the_most_hits_per_false_alarm_budget():
+    from kws.streaming.longstream import best_within
+
+    sweep = [{"threshold": t, "hit_rate": h, "false_alarms_per_hour": fa}
+             for t, h, fa in [(0.5, 0.9, 30.0), (0.7, 0.8, 6.0), (0.8, 0.8, 4.0),
+                              (0.9, 0.6, 0.0), (0.95, 0.3, 0.0)]]
+    sweep.append({"threshold": None, "hit_rate": 1.0, "false_alarms_per_hour": 0.0})  # per-kw
+    points = best_within(sweep, budgets=(0.0, 5.0, 10.0, 100.0))
+    assert [(p["fa_per_hour_at_most"], p["threshold"], p["hit_rate"]) for p in points] == [
+        (0.0, 0.9, 0.6), (5.0, 0.8, 0.8), (10.0, 0.8, 0.8), (100.0, 0.5, 0.9)]
+    assert best_within(sweep[:1], budgets=(1.0,))[0]["hit_rate"] is None
+
+
 def test_long_stream_is_seeded_and_places_test_speakers(dev_root):
     from kws.data.speech_commands import speaker_of, which_set
     from kws.streaming.longstream import build_long_stream
@@ -746,6 +790,29 @@ def test_calibration_picks_the_lowest_threshold_within_each_keywords_share():
         calibrate_thresholds(trace, LABELS, chunk_s, 1.0, placements, duration, 0.0)
 
 
+def test_operating_curve_finds_the_thresholds_between_the_peaks():
+    """Keywords peak at 0.95 / 0.9 / 0.8, false alarms at 0.852 and 0.702: the curve's
+    thresholds sit just above a false alarm, where a grid of tenths would miss them."""
+    from kws.streaming.longstream import Placement, operating_curve
+
+    chunk_s = 0.01
+    trace = np.zeros((round(360 / chunk_s), len(LABELS)))  # 6 minutes: 1 alarm = 10 per hour
+    trace[:, LABELS.index("_silence_")] = 1.0
+    placements = []
+    for k, (word, height) in enumerate([("yes", 0.95), ("no", 0.9), ("stop", 0.8)] * 4
+                                       + [("no", 0.852), ("yes", 0.702)]):
+        at = 10.0 + 20.0 * k
+        rows = slice(round(at / chunk_s), round((at + 0.3) / chunk_s))
+        trace[rows, LABELS.index(word)] = height
+        trace[rows, LABELS.index("_silence_")] = 1.0 - height
+        if k < 12:  # the last two are false alarms on noise
+            placements.append(Placement(word, True, at - 0.5, at + 0.5, f"{word}{k}"))
+    curve = operating_curve(trace, LABELS, chunk_s, 1.0, placements, 360.0,
+                            budgets=(0.0, 10.0, 20.0))
+    assert [(p["threshold"], p["hit_rate"], p["false_alarms_per_hour"]) for p in curve] == [
+        (0.855, 8 / 12, 0.0), (0.705, 1.0, 10.0), (0.705, 1.0, 10.0)]
+
+
 def test_kws_bench_stream_sweeps_thresholds(tiny, dev_root, tmp_path, capsys):
     _, onnx_path = tiny
     out = tmp_path / "bench.json"
@@ -762,6 +829,16 @@ def test_kws_bench_stream_sweeps_thresholds(tiny, dev_root, tmp_path, capsys):
         assert 0 <= r["hits"] <= r["keywords"] == report["stream"]["keywords"]
         assert r["false_alarms_per_hour"] == pytest.approx(r["false_alarms"] / hours)
     assert "threshold" in stdout and "real-time factor" in stdout
+    # the curve: per budget the best of a sweep in steps of 0.005, which holds 0.3, 0.6, 0.9
+    from kws.streaming.longstream import CALIBRATION_GRID
+    for point in report["best_within"]:
+        within = [r for r in report["results"]
+                  if r["false_alarms_per_hour"] <= point["fa_per_hour_at_most"]]
+        if within:
+            assert point["threshold"] in CALIBRATION_GRID
+            assert point["hit_rate"] >= max(r["hit_rate"] for r in within)
+            assert point["false_alarms_per_hour"] <= point["fa_per_hour_at_most"]
+    assert report["detector"]["hold_ms"] == 0.0
 
     # Calibrate on validation speakers, then score the same stream at those thresholds.
     calibrated = tmp_path / "val.json"
@@ -814,6 +891,36 @@ def test_bench_stream_script_quick(tiny, tmp_path):
         assert r["torch_over_step1"] == pytest.approx(r["torch_cpu_ms"] / r["step1_cpu_ms"])
         assert len(r["load_1min"]) == 2
     assert bench.main(["--export-dir", str(tmp_path)]) == 1  # no exports there: says so
+
+
+def test_decision_hold_script_decodes_one_trace_per_hold(tiny, dev_root, tmp_path, capsys):
+    import importlib.util
+
+    _, onnx_path = tiny
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "decision_hold.py"
+    spec = importlib.util.spec_from_file_location("decision_hold", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "hold.json"
+    assert bench.main(["--model", str(onnx_path), "--data", str(dev_root), "--minutes", "0.5",
+                       "--seed", "3", "--holds", "0,300", "--thresholds", "0.3,0.6",
+                       "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert [row["hold_ms"] for row in report["holds"]] == [0.0, 300.0]
+    assert "hold ms" in table and len(report["holds"][0]["best_within"]) == 6
+    plain, held = (row["results"] for row in report["holds"])
+    assert [r["threshold"] for r in plain] == [0.3, 0.6] and report["stream"]["keywords"] > 0
+    # with no hold the decode is what kws bench stream reports on the same stream
+    code, _, err = run_cli(
+        ["bench", "stream", "--model", str(onnx_path), "--data", str(dev_root), "--minutes", "0.5",
+         "--seed", "3", "--thresholds", "0.3,0.6", "--json", str(tmp_path / "b.json")], capsys)
+    assert code == 0, err
+    bench_results = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert [(r["hits"], r["false_alarms"]) for r in bench_results] == [
+        (r["hits"], r["false_alarms"]) for r in plain]
+    for p, h in zip(plain, held, strict=True):  # a hold fires no more often than no hold
+        assert h["hits"] + h["false_alarms"] <= p["hits"] + p["false_alarms"]
 
 
 # -- a shipped, trained model on real speech ---------------------------------------------------

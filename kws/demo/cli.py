@@ -84,7 +84,7 @@ def open_detector_factory(args: argparse.Namespace) -> tuple[DetectorFactory, st
     factory = detector_factory(
         backend, threshold=args.threshold,
         thresholds=parse_keyword_thresholds(args.keyword_threshold),
-        smoothing_ms=args.smoothing_ms, refractory_ms=args.refractory_ms,
+        smoothing_ms=args.smoothing_ms, refractory_ms=args.refractory_ms, hold_ms=args.hold_ms,
         reset_period_s=args.reset_period, copies=args.copies,
     )
     return factory, name
