@@ -562,7 +562,10 @@ def test_model_card_lists_the_models_streaming_exports_and_their_measurements(tm
     (tmp_path / "results" / "bench_stream_m.json").write_text(json.dumps({
         "model": "export/m_stream_8k.onnx", "split": "test", "stream": {"duration_s": 600.0},
         "results": [{"threshold": 0.8, "hit_rate": 0.705, "false_alarms_per_hour": 78.0},
-                    {"threshold": None, "hit_rate": 0.533, "false_alarms_per_hour": 30.0}]}))
+                    {"threshold": None, "hit_rate": 0.533, "false_alarms_per_hour": 30.0}],
+        "best_within": [{"fa_per_hour_at_most": 0.0, "hit_rate": None},
+                        {"fa_per_hour_at_most": 4.0, "hit_rate": 0.521},
+                        {"fa_per_hour_at_most": 50.0, "hit_rate": 0.783}]}))
     (tmp_path / "results" / "bench_stream_broken.json").write_text("{not json")
     # a same-named candidate outside export/ (a study's run) is another model
     (tmp_path / "results" / "bench_stream_candidate.json").write_text(json.dumps({
@@ -579,6 +582,8 @@ def test_model_card_lists_the_models_streaming_exports_and_their_measurements(tm
             "| results/bench_stream_speed.json |") in card
     assert ("on a 10-min stream of test speakers (results/bench_stream_m.json): 0.8: 70.5% "
             "hits, 78 FA/h; per-keyword: 53.3% hits, 30 FA/h.") in card
+    assert ("Best hit rate per false-alarm budget (FA/h; one threshold swept in steps of "
+            "0.005): 52.1% at <= 4, 78.3% at <= 50.") in card  # no point where none fits
     # one row: not the 2-thread measurement, nothing of the other model's export
     assert len([line for line in card.splitlines() if line.startswith("| `export/")]) == 1
     assert streaming_facts(None) == []

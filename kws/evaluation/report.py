@@ -375,7 +375,8 @@ def streaming_facts(checkpoint: Path | None) -> list[dict[str, Any]]:
                                           "split": report.get("split"),
                                           "minutes": (report.get("stream") or {}).get(
                                               "duration_s", 0) / 60,
-                                          "results": report["results"]})
+                                          "results": report["results"],
+                                          "curve": report.get("best_within") or []})
         facts.append(fact)
     return facts
 
@@ -407,6 +408,11 @@ def streaming_section(facts: list[dict[str, Any]]) -> list[str]:
                             f"{r['false_alarms_per_hour']:.0f} FA/h")
             out += ["", f"Detection, `{fact['export']}` on a {run['minutes']:.0f}-min stream of "
                     f"{run['split']} speakers ({run['source']}): " + "; ".join(rows) + "."]
+            points = [f"{100 * p['hit_rate']:.1f}% at <= {p['fa_per_hour_at_most']:g}"
+                      for p in run.get("curve", []) if p.get("hit_rate") is not None]
+            if points:
+                out.append("Best hit rate per false-alarm budget (FA/h; one threshold swept in "
+                           "steps of 0.005): " + ", ".join(points) + ".")
     return out
 
 
