@@ -1,7 +1,7 @@
 """Decision hold: fire at the crossing, or wait and fire the keyword that peaked highest.
 
 The detector fires when a keyword's smoothed posterior crosses its threshold, which
-on the long-stream benchmark is a median of 0.3-0.4 s before the word ends: part of
+on the long-stream benchmark is a median of 0.2-0.4 s before the word ends: part of
 a word decides. ``hold_ms`` waits that long after the crossing and fires whichever
 keyword peaked highest meanwhile. This script runs the model once over one long
 stream, records the posteriors, and decodes the same trace with each hold at every

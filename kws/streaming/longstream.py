@@ -252,9 +252,9 @@ def best_within(results: Sequence[dict[str, Any]], budgets: Sequence[float] = FA
                 ) -> list[dict[str, Any]]:
     """Per false-alarm budget, the swept threshold with the most hits within it (on ties the
     fewest false alarms, then the lowest threshold), or None where no threshold keeps to
-    the budget. This is
-    how a sweep on the test stream reads as a curve; it picks the threshold by looking at
-    the test, so it bounds what a deployed spotter gets (see ``calibrate_thresholds``)."""
+    the budget. This is how a sweep on the test stream reads as a curve; it picks the
+    threshold by looking at the test, so it bounds what a deployed spotter gets (see
+    ``calibrate_thresholds``)."""
     swept = [r for r in results if r.get("threshold") is not None]
     out = []
     for budget in budgets:
