@@ -582,8 +582,9 @@ def test_model_card_lists_the_models_streaming_exports_and_their_measurements(tm
             "| results/bench_stream_speed.json |") in card
     assert ("on a 10-min stream of test speakers (results/bench_stream_m.json): 0.8: 70.5% "
             "hits, 78 FA/h; per-keyword: 53.3% hits, 30 FA/h.") in card
-    assert ("Best hit rate per false-alarm budget (FA/h; one threshold swept in steps of "
-            "0.005): 52.1% at <= 4, 78.3% at <= 50.") in card  # no point where none fits
+    assert ("Best hit rate per false-alarm budget (FA/h; one threshold for all keywords, swept "
+            "in steps of 0.005 or finer): 52.1% at <= 4, 78.3% at <= 50.") in card
+    # (no point for the budget that no threshold kept to)
     # one row: not the 2-thread measurement, nothing of the other model's export
     assert len([line for line in card.splitlines() if line.startswith("| `export/")]) == 1
     assert streaming_facts(None) == []

@@ -830,12 +830,12 @@ def test_kws_bench_stream_sweeps_thresholds(tiny, dev_root, tmp_path, capsys):
         assert r["false_alarms_per_hour"] == pytest.approx(r["false_alarms"] / hours)
     assert "threshold" in stdout and "real-time factor" in stdout
     # the curve: per budget the best of a sweep in steps of 0.005, which holds 0.3, 0.6, 0.9
-    from kws.streaming.longstream import CALIBRATION_GRID
+    from kws.streaming.longstream import CURVE_GRID
     for point in report["best_within"]:
         within = [r for r in report["results"]
                   if r["false_alarms_per_hour"] <= point["fa_per_hour_at_most"]]
         if within:
-            assert point["threshold"] in CALIBRATION_GRID
+            assert point["threshold"] in CURVE_GRID
             assert point["hit_rate"] >= max(r["hit_rate"] for r in within)
             assert point["false_alarms_per_hour"] <= point["fa_per_hour_at_most"]
     assert report["detector"]["hold_ms"] == 0.0

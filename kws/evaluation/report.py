@@ -411,8 +411,9 @@ def streaming_section(facts: list[dict[str, Any]]) -> list[str]:
             points = [f"{100 * p['hit_rate']:.1f}% at <= {p['fa_per_hour_at_most']:g}"
                       for p in run.get("curve", []) if p.get("hit_rate") is not None]
             if points:
-                out.append("Best hit rate per false-alarm budget (FA/h; one threshold swept in "
-                           "steps of 0.005): " + ", ".join(points) + ".")
+                out.append("Best hit rate per false-alarm budget (FA/h; one threshold for all "
+                           "keywords, swept in steps of 0.005 or finer): "
+                           + ", ".join(points) + ".")
     return out
 
 

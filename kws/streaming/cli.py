@@ -318,6 +318,8 @@ def run_bench_stream(args: argparse.Namespace) -> int:
 
 
 def print_bench(report: dict[str, Any]) -> None:
+    from kws.streaming.longstream import CURVE_GRID_TEXT
+
     s = report["stream"]
     print(f"{report['model']}: {s['duration_s'] / 60:.1f} min stream (seed {s['seed']}), "
           f"{s['keywords']} keywords, {s['unknown_words']} other words; "
@@ -334,8 +336,8 @@ def print_bench(report: dict[str, Any]) -> None:
     points = [f"{p['hit_rate']:.1%} at <= {p['fa_per_hour_at_most']:g}"
               for p in report.get("best_within", []) if p["hit_rate"] is not None]
     if points:
-        print("best hit rate per false-alarm budget (FA/hour), one threshold for all keywords "
-              "swept from 0.3 to 0.999 in steps of 0.005: " + ", ".join(points))
+        print(f"best hit rate per false-alarm budget (FA/hour; {CURVE_GRID_TEXT}): "
+              + ", ".join(points))
     for r in report["results"]:
         if r["threshold"] is None:
             shown = " ".join(f"{k}={v:g}" for k, v in r["thresholds"].items())
