@@ -272,9 +272,11 @@ def best_within(results: Sequence[dict[str, Any]], budgets: Sequence[float] = FA
 
 #: thresholds tried by ``calibrate_thresholds`` and ``operating_curve``, low to high
 CALIBRATION_GRID = tuple(np.round(np.arange(0.30, 0.995, 0.005), 3)) + (0.995, 0.999)
-#: ``operating_curve``'s thresholds: the calibration grid, then on towards 1 for models
-#: trained without label smoothing, whose confident posteriors come within 1e-4 of it
-CURVE_GRID = CALIBRATION_GRID + (0.9995, 0.9999, 0.99995, 0.99999)
+#: ``operating_curve``'s thresholds: the calibration grid, then on towards 1 in steps of a
+#: quarter decade of 1 - threshold, for models trained without label smoothing, whose
+#: confident posteriors come within 1e-4 of it
+CURVE_GRID = tuple(sorted(set(CALIBRATION_GRID) | {
+    round(1 - 10 ** (-k / 4), 6) for k in range(10, 21)}))
 #: how reports describe CURVE_GRID
 CURVE_GRID_TEXT = ("one threshold for all keywords, 0.3 to 0.99 in steps of 0.005, then up to "
                    "0.99999")
