@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 from kws.data.speech_commands import find_data_root
 from kws.streaming.backends import open_backend
-from kws.streaming.engine import StreamingDetector, decode_trace
+from kws.streaming.engine import StreamingDetector
 from kws.streaming.longstream import (
     CURVE_GRID_TEXT,
     FA_BUDGETS,
-    build_long_stream,
     operating_curve,
-    score_events,
+    record_long_stream,
     stream_summary,
+    sweep_thresholds,
 )
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
@@ -59,28 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     backend = open_backend(args.model, threads=1)
     detector = StreamingDetector(backend, smoothing_ms=args.smoothing_ms,
                                  refractory_ms=args.refractory_ms, record=True)
-    keywords = [label for label, t in zip(detector.labels, detector.decoder.thresholds,
-                                          strict=True) if t <= 1]
     root = find_data_root(args.data)
-    stream = build_long_stream(root, keywords, args.minutes, args.seed, args.split,
-                               backend.sample_rate)
-    started = time.perf_counter()
-    detector.process(stream.audio, block=backend.chunk_samples)
-    elapsed = time.perf_counter() - started
-    trace = detector.trace()
+    stream, trace, elapsed = record_long_stream(detector, root, args.minutes, args.seed,
+                                                args.split)
 
     rows = []
     for hold in holds:
         timing = {"smoothing_ms": args.smoothing_ms, "refractory_ms": args.refractory_ms,
                   "hold_ms": hold}
-        results = []
-        for threshold in thresholds:
-            events = decode_trace(trace, detector.labels, detector.chunk_s, backend.window_s,
-                                  threshold=threshold, **timing)
-            score = score_events(events, stream.placements, stream.duration_s, args.tolerance)
-            results.append({"threshold": threshold, **score})
-        curve = operating_curve(trace, detector.labels, detector.chunk_s, backend.window_s,
-                                stream.placements, stream.duration_s, args.tolerance, **timing)
+        where = (trace, detector.labels, detector.chunk_s, backend.window_s,
+                 stream.placements, stream.duration_s)
+        results = sweep_thresholds(*where, thresholds, args.tolerance, **timing)
+        curve = operating_curve(*where, args.tolerance, **timing)
         rows.append({"hold_ms": hold, "results": results, "best_within": curve})
 
     s = stream_summary(stream)

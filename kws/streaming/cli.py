@@ -241,9 +241,9 @@ def run_bench_stream(args: argparse.Namespace) -> int:
     from kws.data.speech_commands import find_data_root
     from kws.streaming.engine import decode_trace
     from kws.streaming.longstream import (
-        build_long_stream,
         calibrate_thresholds,
         operating_curve,
+        record_long_stream,
         score_events,
         stream_summary,
     )
@@ -260,14 +260,8 @@ def run_bench_stream(args: argparse.Namespace) -> int:
         raise UserError(f"--keyword-thresholds {args.keyword_thresholds}: {unknown} are not "
                         f"labels of {args.model} ({detector.labels})")
     root = find_data_root(args.data)
-    keywords = [label for label, t in zip(detector.labels, detector.decoder.thresholds,
-                                          strict=True) if t <= 1]
-    stream = build_long_stream(root, keywords, args.minutes, args.seed, args.split,
-                               backend.sample_rate)
-    started = time.perf_counter()
-    detector.process(stream.audio, block=backend.chunk_samples)
-    elapsed = time.perf_counter() - started
-    trace = detector.trace()
+    stream, trace, elapsed = record_long_stream(detector, root, args.minutes, args.seed,
+                                                args.split)
     timing = {"smoothing_ms": args.smoothing_ms, "refractory_ms": args.refractory_ms,
               "hold_ms": args.hold_ms}
 

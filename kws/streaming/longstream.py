@@ -24,6 +24,7 @@ unknown word or on noise, a second event for one keyword -- is a false alarm.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from kws.data.speech_commands import (
     detect_version,
 )
 from kws.streaming.backends import NON_KEYWORDS
-from kws.streaming.engine import Event, decode_trace
+from kws.streaming.engine import Event, StreamingDetector, decode_trace
 
 FADE_S = 0.01
 
@@ -188,6 +189,21 @@ def build_long_stream(
     return LongStream(audio, sample_rate, placements, seed)
 
 
+def record_long_stream(
+    detector: StreamingDetector, root: Path, minutes: float, seed: int, split: str = "test"
+) -> tuple[LongStream, np.ndarray, float]:
+    """Build the stream for ``detector``'s keywords, run it once and keep the posteriors:
+    (stream, trace, seconds the model took). Every sweep decodes this one trace."""
+    if not detector.record:
+        raise ValueError("record_long_stream needs a detector made with record=True")
+    keywords = [label for label, t in zip(detector.labels, detector.decoder.thresholds,
+                                          strict=True) if t <= 1]
+    stream = build_long_stream(root, keywords, minutes, seed, split, detector.sample_rate)
+    started = time.perf_counter()
+    detector.process(stream.audio, block=detector.chunk_samples)
+    return stream, detector.trace(), time.perf_counter() - started
+
+
 def score_events(
     events: Sequence[Event],
     placements: Sequence[Placement],
@@ -300,13 +316,30 @@ def operating_curve(
     confident posterior sits near 0.908, so most keywords and false alarms peak
     between 0.85 and 0.95, and the whole trade-off lives in a few hundredths.
     """
+    return best_within(sweep_thresholds(trace, labels, chunk_s, window_s, placements,
+                                        duration_s, grid, tolerance_s, **decoder_options),
+                       budgets)
+
+
+def sweep_thresholds(
+    trace: np.ndarray,
+    labels: Sequence[str],
+    chunk_s: float,
+    window_s: float,
+    placements: Sequence[Placement],
+    duration_s: float,
+    thresholds: Sequence[float],
+    tolerance_s: float = 0.25,
+    **decoder_options: Any,
+) -> list[dict[str, Any]]:
+    """``score_events`` of the trace decoded at each threshold (one for all keywords)."""
     results = []
-    for threshold in grid:
+    for threshold in thresholds:
         events = decode_trace(trace, list(labels), chunk_s, window_s, threshold=threshold,
                               **decoder_options)
         results.append({"threshold": float(threshold),
                         **score_events(events, placements, duration_s, tolerance_s)})
-    return best_within(results, budgets)
+    return results
 
 
 def calibrate_thresholds(
