@@ -566,6 +566,15 @@ def test_model_card_lists_the_models_streaming_exports_and_their_measurements(tm
         "best_within": [{"fa_per_hour_at_most": 0.0, "hit_rate": None},
                         {"fa_per_hour_at_most": 4.0, "hit_rate": 0.521},
                         {"fa_per_hour_at_most": 50.0, "hit_rate": 0.783}]}))
+    # an ensemble with this export as one of its members, and one without it
+    (tmp_path / "results" / "bench_stream_ens.json").write_text(json.dumps({
+        "model": "export/a_stream.onnx,export/m_stream_8k.onnx", "split": "test",
+        "stream": {"duration_s": 1800.0},
+        "results": [{"threshold": 0.9, "hit_rate": 0.513, "false_alarms_per_hour": 4.0}]}))
+    (tmp_path / "results" / "bench_stream_ens_other.json").write_text(json.dumps({
+        "model": "export/a_stream.onnx,export/b_stream.onnx", "split": "test",
+        "stream": {"duration_s": 1800.0},
+        "results": [{"threshold": 0.9, "hit_rate": 0.6, "false_alarms_per_hour": 2.0}]}))
     (tmp_path / "results" / "bench_stream_broken.json").write_text("{not json")
     # a same-named candidate outside export/ (a study's run) is another model
     (tmp_path / "results" / "bench_stream_candidate.json").write_text(json.dumps({
@@ -576,7 +585,7 @@ def test_model_card_lists_the_models_streaming_exports_and_their_measurements(tm
 
     (fact,) = streaming_facts(checkpoint)
     assert fact["export"] == "export/m_stream_8k.onnx" and fact["chunk_ms"] == 20.0
-    assert fact["bytes"] == 250_000 and len(fact["speed"]) == 1 and len(fact["detection"]) == 1
+    assert fact["bytes"] == 250_000 and len(fact["speed"]) == 1 and len(fact["detection"]) == 2
     card = model_card(ModelRecord("m", {}, hand_entry("m", {16000: 0.9}), checkpoint))
     assert ("| `export/m_stream_8k.onnx` | 8000 Hz | 20 ms | 0.25 MB | 0.015 | 0.025 "
             "| results/bench_stream_speed.json |") in card
@@ -585,6 +594,10 @@ def test_model_card_lists_the_models_streaming_exports_and_their_measurements(tm
     assert ("Best hit rate per false-alarm budget (FA/h; one threshold for all keywords, swept "
             "in steps of 0.005 or finer): 52.1% at <= 4, 78.3% at <= 50.") in card
     # (no point for the budget that no threshold kept to)
+    assert ("Detection, `export/m_stream_8k.onnx` averaged with 1 other export(s) "
+            "(a_stream.onnx) on a 30-min stream of test speakers (results/bench_stream_ens.json): "
+            "0.9: 51.3% hits, 4 FA/h.") in card
+    assert "60.0% hits" not in card  # the ensemble without this export
     # one row: not the 2-thread measurement, nothing of the other model's export
     assert len([line for line in card.splitlines() if line.startswith("| `export/")]) == 1
     assert streaming_facts(None) == []

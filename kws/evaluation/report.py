@@ -341,10 +341,10 @@ def streaming_facts(checkpoint: Path | None) -> list[dict[str, Any]]:
     Looks where this repository keeps them, beside the checkpoint's folder:
     ``export/*.json`` sidecars whose ``source_checkpoint`` is this file, speed rows of
     ``results/bench_stream*.json`` (``benchmarks/bench_stream.py``, one thread) and
-    detection reports there (``kws bench stream --json``) that name the export. A
-    report names it by a path whose folder is ``export`` (relative, or absolute in
-    another checkout): a same-named file elsewhere, a study's candidate in ``runs/``
-    say, is another model.
+    detection reports there (``kws bench stream --json``) that name the export, alone
+    or as a member of an ensemble (a comma list). A report names it by a path whose
+    folder is ``export`` (relative, or absolute in another checkout): a same-named file
+    elsewhere, a study's candidate in ``runs/`` say, is another model.
     """
     if checkpoint is None:
         return []
@@ -370,8 +370,11 @@ def streaming_facts(checkpoint: Path | None) -> list[dict[str, Any]]:
                                           "step_rtf": row.get("step1_rtf"),
                                           "detector_rtf": row.get("detector_rtf"),
                                           "load_1min": row.get("load_1min")})
-            if names_export(report.get("model"), onnx) and report.get("results"):
+            members = str(report.get("model") or "").split(",")
+            if any(names_export(m.strip(), onnx) for m in members) and report.get("results"):
                 fact["detection"].append({"source": f"results/{path.name}",
+                                          "with": [Path(m.strip()).name for m in members
+                                                   if not names_export(m.strip(), onnx)],
                                           "split": report.get("split"),
                                           "minutes": (report.get("stream") or {}).get(
                                               "duration_s", 0) / 60,
@@ -406,7 +409,11 @@ def streaming_section(facts: list[dict[str, Any]]) -> list[str]:
                 at = f"{r['threshold']:g}" if r.get("threshold") is not None else "per-keyword"
                 rows.append(f"{at}: {100 * r['hit_rate']:.1f}% hits, "
                             f"{r['false_alarms_per_hour']:.0f} FA/h")
-            out += ["", f"Detection, `{fact['export']}` on a {run['minutes']:.0f}-min stream of "
+            who = f"`{fact['export']}`"
+            if run.get("with"):  # an ensemble: this export's posteriors averaged with others'
+                who += (f" averaged with {len(run['with'])} other export(s) "
+                        f"({', '.join(run['with'])})")
+            out += ["", f"Detection, {who} on a {run['minutes']:.0f}-min stream of "
                     f"{run['split']} speakers ({run['source']}): " + "; ".join(rows) + "."]
             points = [f"{100 * p['hit_rate']:.1f}% at <= {p['fa_per_hour_at_most']:g}"
                       for p in run.get("curve", []) if p.get("hit_rate") is not None]
