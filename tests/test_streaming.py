@@ -893,34 +893,47 @@ def test_bench_stream_script_quick(tiny, tmp_path):
     assert bench.main(["--export-dir", str(tmp_path)]) == 1  # no exports there: says so
 
 
-def test_decision_hold_script_decodes_one_trace_per_hold(tiny, dev_root, tmp_path, capsys):
+def test_decoder_settings_script_decodes_one_trace_per_setting(tiny, dev_root, tmp_path, capsys):
     import importlib.util
 
     _, onnx_path = tiny
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "decision_hold.py"
-    spec = importlib.util.spec_from_file_location("decision_hold", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "decoder_settings.py"
+    spec = importlib.util.spec_from_file_location("decoder_settings", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    out = tmp_path / "hold.json"
+    out = tmp_path / "settings.json"
     assert bench.main(["--model", str(onnx_path), "--data", str(dev_root), "--minutes", "0.5",
-                       "--seed", "3", "--holds", "0,300", "--thresholds", "0.3,0.6",
-                       "--json", str(out)]) == 0
+                       "--seed", "3", "--smoothings", "100,300", "--holds", "0,300",
+                       "--thresholds", "0.225,0.25", "--json", str(out)]) == 0
     table = capsys.readouterr().out
     report = json.loads(out.read_text())
-    assert [row["hold_ms"] for row in report["holds"]] == [0.0, 300.0]
-    assert "hold ms" in table and len(report["holds"][0]["best_within"]) == 6
-    plain, held = (row["results"] for row in report["holds"])
-    assert [r["threshold"] for r in plain] == [0.3, 0.6] and report["stream"]["keywords"] > 0
-    # with no hold the decode is what kws bench stream reports on the same stream
+    rows = report["settings"]
+    assert [(row["smoothing_ms"], row["hold_ms"]) for row in rows] == [
+        (100.0, 0.0), (100.0, 300.0), (300.0, 0.0), (300.0, 300.0)]
+    assert "smooth ms" in table and "hold ms" in table and len(rows[0]["best_within"]) == 6
+    plain, held, smoother, _ = (row["results"] for row in rows)
+    # (thresholds where this untrained model fires: its posteriors sit near 0.17-0.27)
+    assert [r["false_alarms"] for r in smoother] != [r["false_alarms"] for r in plain]
+    assert [r["threshold"] for r in plain] == [0.225, 0.25] and report["stream"]["keywords"] > 0
+    # with the default settings the decode is what kws bench stream reports on the same stream
     code, _, err = run_cli(
         ["bench", "stream", "--model", str(onnx_path), "--data", str(dev_root), "--minutes", "0.5",
-         "--seed", "3", "--thresholds", "0.3,0.6", "--json", str(tmp_path / "b.json")], capsys)
+         "--seed", "3", "--thresholds", "0.225,0.25", "--json", str(tmp_path / "b.json")], capsys)
     assert code == 0, err
     bench_results = json.loads((tmp_path / "b.json").read_text())["results"]
     assert [(r["hits"], r["false_alarms"]) for r in bench_results] == [
         (r["hits"], r["false_alarms"]) for r in plain]
     for p, h in zip(plain, held, strict=True):  # a hold fires no more often than no hold
         assert h["hits"] + h["false_alarms"] <= p["hits"] + p["false_alarms"]
+    # and so does kws bench stream --smoothing-ms 300 for the smoother decode
+    code, _, err = run_cli(
+        ["bench", "stream", "--model", str(onnx_path), "--data", str(dev_root), "--minutes", "0.5",
+         "--seed", "3", "--thresholds", "0.225,0.25", "--smoothing-ms", "300",
+         "--json", str(tmp_path / "s.json")], capsys)
+    assert code == 0, err
+    smooth_results = json.loads((tmp_path / "s.json").read_text())["results"]
+    assert [(r["hits"], r["false_alarms"]) for r in smooth_results] == [
+        (r["hits"], r["false_alarms"]) for r in smoother]
 
 
 # -- a shipped, trained model on real speech ---------------------------------------------------

@@ -26,7 +26,7 @@ keywords: the upward crossing only opens a candidate, and the event fires
 ``hold_ms`` later for whichever keyword peaked highest above its threshold in the
 meantime. The models fire before a word ends (a median of 0.2-0.4 s early on the
 long-stream benchmark), so the first keyword to cross may be a confusable one
-that the rest of the word overrules. Measured (``benchmarks/decision_hold.py``),
+that the rest of the word overrules. Measured (``benchmarks/decoder_settings.py``),
 that happens at low thresholds only; at the thresholds a spotter runs at, the
 confusions are whole-word ones and the hold changes nothing, hence off by default.
 
