@@ -13,7 +13,8 @@ on a validation stream (``--split val``) and read them on the test stream.
 
     .venv/bin/python benchmarks/decoder_settings.py --model export/s4_mfcc_ctx_stream.onnx \\
         --data ../shared/data/speech_commands_test_set_v0.02_dev --minutes 30 --seed 10 \\
-        --smoothings 100 --holds 0,100,200,300,500 --json results/decision_hold_ctx.json
+        --smoothings 50,100,200,300 --holds 0,100,200,300,500 \\
+        --json results/decoder_settings_ctx.json
 """
 
 from __future__ import annotations

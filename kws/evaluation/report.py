@@ -370,11 +370,11 @@ def streaming_facts(checkpoint: Path | None) -> list[dict[str, Any]]:
                                           "step_rtf": row.get("step1_rtf"),
                                           "detector_rtf": row.get("detector_rtf"),
                                           "load_1min": row.get("load_1min")})
-            members = str(report.get("model") or "").split(",")
-            if any(names_export(m.strip(), onnx) for m in members) and report.get("results"):
+            members = [m.strip() for m in str(report.get("model") or "").split(",")]
+            if any(names_export(m, onnx) for m in members) and report.get("results"):
                 fact["detection"].append({"source": f"results/{path.name}",
-                                          "with": [Path(m.strip()).name for m in members
-                                                   if not names_export(m.strip(), onnx)],
+                                          "with": [Path(m).name for m in members
+                                                   if not names_export(m, onnx)],
                                           "split": report.get("split"),
                                           "minutes": (report.get("stream") or {}).get(
                                               "duration_s", 0) / 60,
