@@ -497,9 +497,13 @@ def test_model_card_lists_every_rate_and_the_commands():
             "split": {"version": "v0.02", "layout": "test_set", "rule": "speaker_hash",
                       "val_percent": 10.0, "test_percent": 10.0, "seed": 0,
                       "counts": {"train": {"a": 8, "b": 7}}, "speakers": {"train": ["x", "y"]}},
-            "train": {"seconds": 7200.0, "hardware": {"device": "cuda", "device_name": "H100"}},
+            "train": {"seconds": 7200.0, "hardware": {"device": "cuda", "device_name": "H100"},
+                      "epochs": 11.0, "config": {"trainer": {"max_epochs": 12}}},
             "metrics": {"val/acc": 0.93}}
     card = model_card(ModelRecord("s4d_raw", meta, entry))
+    assert "- epochs: 11 when this checkpoint was saved, of a 12-epoch schedule" in card
+    meta["train"]["epochs"] = 12.0  # the schedule's last epoch: the plain number
+    assert "- epochs: 12\n" in model_card(ModelRecord("s4d_raw", meta, entry))
     assert card.startswith("# s4d_raw\n")
     assert "123,456 parameters" in card and "task sc10" in card
     assert "- train: 15 clips, 2 speakers" in card

@@ -228,6 +228,19 @@ def _facts(values: dict[str, Any]) -> list[str]:
     return bullets
 
 
+def with_schedule(train: dict[str, Any]) -> dict[str, Any]:
+    """``train`` with its ``epochs`` set against the configured schedule where they differ:
+    a checkpoint records the epochs done when it was saved, and the best one is often
+    saved before the schedule ends, which a bare number would hide."""
+    epochs = train.get("epochs")
+    scheduled = ((train.get("config") or {}).get("trainer") or {}).get("max_epochs")
+    if (isinstance(epochs, (int, float)) and isinstance(scheduled, int) and scheduled > 0
+            and epochs < scheduled):
+        return {**train, "epochs": f"{epochs:g} when this checkpoint was saved, of a "
+                                   f"{scheduled}-epoch schedule"}
+    return train
+
+
 REFERENCE_NOTE = (
     "Reference: the same audio, resampled back to {rate} Hz and scored there with nothing "
     "rescaled (`kws eval --reference`): what the model gets from the band each rate carries. "
@@ -294,7 +307,7 @@ def model_card(record: ModelRecord) -> str:
         )
     train = meta.get("train") or {}
     if train:
-        out += ["", "## Training", "", *_facts(train)]
+        out += ["", "## Training", "", *_facts(with_schedule(train))]
     metrics = {k: v for k, v in (meta.get("metrics") or {}).items() if k != "eval"}
     if _facts(metrics):
         out += ["", "## Metrics at training time", "", *_facts(metrics)]
