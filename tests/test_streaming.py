@@ -915,25 +915,25 @@ def test_decoder_settings_script_decodes_one_trace_per_setting(tiny, dev_root, t
     # (thresholds where this untrained model fires: its posteriors sit near 0.17-0.27)
     assert [r["false_alarms"] for r in smoother] != [r["false_alarms"] for r in plain]
     assert [r["threshold"] for r in plain] == [0.225, 0.25] and report["stream"]["keywords"] > 0
-    # with the default settings the decode is what kws bench stream reports on the same stream
-    code, _, err = run_cli(
-        ["bench", "stream", "--model", str(onnx_path), "--data", str(dev_root), "--minutes", "0.5",
-         "--seed", "3", "--thresholds", "0.225,0.25", "--json", str(tmp_path / "b.json")], capsys)
-    assert code == 0, err
-    bench_results = json.loads((tmp_path / "b.json").read_text())["results"]
-    assert [(r["hits"], r["false_alarms"]) for r in bench_results] == [
-        (r["hits"], r["false_alarms"]) for r in plain]
+
+    def counts(results: list[dict]) -> list[tuple[int, int]]:
+        return [(r["hits"], r["false_alarms"]) for r in results]
+
+    def bench_stream(*options: str) -> list[tuple[int, int]]:
+        """(hits, false alarms) per threshold from kws bench stream on the same stream."""
+        out = tmp_path / "bench.json"
+        code, _, err = run_cli(
+            ["bench", "stream", "--model", str(onnx_path), "--data", str(dev_root), "--minutes",
+             "0.5", "--seed", "3", "--thresholds", "0.225,0.25", *options, "--json", str(out)],
+            capsys)
+        assert code == 0, err
+        return counts(json.loads(out.read_text())["results"])
+
+    # each decode is what kws bench stream reports with those settings
+    assert bench_stream() == counts(plain)
+    assert bench_stream("--smoothing-ms", "300") == counts(smoother)
     for p, h in zip(plain, held, strict=True):  # a hold fires no more often than no hold
         assert h["hits"] + h["false_alarms"] <= p["hits"] + p["false_alarms"]
-    # and so does kws bench stream --smoothing-ms 300 for the smoother decode
-    code, _, err = run_cli(
-        ["bench", "stream", "--model", str(onnx_path), "--data", str(dev_root), "--minutes", "0.5",
-         "--seed", "3", "--thresholds", "0.225,0.25", "--smoothing-ms", "300",
-         "--json", str(tmp_path / "s.json")], capsys)
-    assert code == 0, err
-    smooth_results = json.loads((tmp_path / "s.json").read_text())["results"]
-    assert [(r["hits"], r["false_alarms"]) for r in smooth_results] == [
-        (r["hits"], r["false_alarms"]) for r in smoother]
 
 
 # -- a shipped, trained model on real speech ---------------------------------------------------
