@@ -23,10 +23,17 @@ from lightning.pytorch.callbacks import Callback
 from kws.cli import main
 from kws.data.audio import save_audio
 from kws.data.speech_commands import SC10, SILENCE, TASKS, UNKNOWN, which_set
-from kws.training.checkpoint import load_spotter, read_checkpoint
+from kws.training.checkpoint import load_spotter, read_checkpoint, save_spotter
 from kws.training.config import CONFIG_DIR, ConfigError, load_config, parse_set
 from kws.training.datamodule import EpochKeyed, EpochSampler, SpeechCommandsDataModule
-from kws.training.module import KWSLightningModule, build_spotter, spec_augment, warmup_cosine
+from kws.training.module import (
+    KWSLightningModule,
+    build_spotter,
+    distillation_loss,
+    pooled_logits,
+    spec_augment,
+    warmup_cosine,
+)
 from kws.training.train import resolve_precision, train
 
 RATE, SECONDS = 8000, 0.25
@@ -142,6 +149,11 @@ def test_config_defaults_overrides_and_types(config_path):
         (["spec_augment.time_masks=-1"], r"spec_augment values must be >= 0"),
         (["features.kind=raw"], r"spec_augment .* needs features.kind: mfcc"),
         (["lr"], r"expected section.key=value"),
+        (["distill.teacher=[a.pt]"], r"unknown key 'distill.teacher' \(known here: .*teachers"),
+        (["distill.teachers=a.pt"], r"distill.teachers must be a list"),
+        (["distill.teachers=[3]"], r"distill.teachers must be a list of checkpoint paths"),
+        (["distill.weight=1.5"], r"distill.weight must be in \[0, 1\]"),
+        (["distill.temperature=0"], r"distill.temperature > 0"),
     ],
 )
 def test_config_errors_name_the_key(config_path, sets, message):
@@ -380,6 +392,98 @@ def test_training_with_preceding_context_learns(config_path, tmp_path):
     train(config, tmp_path / "context", name="tones")
     val_acc = [float(r["val/acc"]) for r in metrics_rows(tmp_path / "context", "val/acc")]
     assert len(val_acc) == 5 and max(val_acc) >= 0.6  # chance is 1/12; a harder task than clips
+
+
+# -- distillation --------------------------------------------------------------------------
+
+NO_MASKS = ["spec_augment.freq_masks=0", "spec_augment.time_masks=0"]
+TEACHER_META = {"task": "sc12", "split": {}, "train": {}, "metrics": {}}
+
+
+def test_distillation_loss_is_the_kl_to_the_mean_teacher_posterior():
+    student = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.5, 0.5]])
+    teachers = [torch.tensor([[1.0, 1.0, 0.0], [3.0, 0.0, 0.0]]),
+                torch.tensor([[0.0, 2.0, 0.0], [0.0, 0.0, 3.0]])]
+    for temperature in (1.0, 2.0):
+        target = sum(torch.softmax(t / temperature, -1) for t in teachers) / 2
+        log_q = torch.log_softmax(student / temperature, -1)
+        by_hand = (target * (target.log() - log_q)).sum(-1).mean() * temperature**2
+        assert float(distillation_loss(student, teachers, temperature)) == pytest.approx(
+            float(by_hand), rel=1e-6)
+    same = distillation_loss(teachers[0], [teachers[0], teachers[0]], 2.0)
+    assert float(same) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_distilling_sees_the_models_crop_and_window_and_stays_out_of_checkpoints(
+        config_path, tmp_path):
+    sets = [*NO_MASKS, "data.augment.context_s=0.1"]
+    config = load_config(config_path, sets)
+    labels = list(TASKS["sc12"])
+    twin = tmp_path / "twin.pt"  # the student's own starting weights
+    torch.manual_seed(1)
+    save_spotter(twin, KWSLightningModule(config, labels).spotter, TEACHER_META)
+    torch.manual_seed(5)
+    other = tmp_path / "other.pt"
+    save_spotter(other, build_spotter(config, labels), TEACHER_META)
+
+    wave = 0.1 * torch.randn(4, 800 + int(RATE * SECONDS))
+    target = torch.tensor([0, 3, 10, 11])
+    for teachers, weight in (([twin], 1.0), ([twin, other], 0.25)):
+        config = load_config(config_path, [*sets, f"distill.teachers={[str(t) for t in teachers]}",
+                                           f"distill.weight={weight}"])
+        torch.manual_seed(1)
+        module = KWSLightningModule(config, labels).eval()
+        assert all(key.startswith(("spotter.", "train_")) for key in module.state_dict())
+        torch.manual_seed(9)  # the same crop in both computations
+        loss = module._step((wave, target), "train").detach()
+        torch.manual_seed(9)
+        cropped, window = module.crop_context(wave)
+        with torch.no_grad():
+            model, frontend = module.spotter.model, module.spotter.frontend
+            logits = model.classify(model.features(frontend(cropped))[:, -window:].mean(dim=1))
+            outs = [pooled_logits(t, cropped, int(RATE * SECONDS)) for t in module.teachers]
+        ce = torch.nn.functional.cross_entropy(logits, target)
+        kl = distillation_loss(logits, outs, 2.0)
+        assert float(loss) == pytest.approx(float((1 - weight) * ce + weight * kl), rel=1e-5)
+        if teachers == [twin]:
+            assert float(kl) == pytest.approx(0.0, abs=1e-6)  # itself, on the same crop
+        else:
+            assert float(kl) > 1e-3
+
+
+def test_teacher_with_other_labels_or_rate_fails_by_name(config_path, tmp_path):
+    config = load_config(config_path, NO_MASKS)
+    labels = list(TASKS["sc12"])
+    swapped = tmp_path / "swapped.pt"
+    save_spotter(swapped, build_spotter(config, labels[::-1]), TEACHER_META)
+    faster = tmp_path / "faster.pt"
+    save_spotter(faster, build_spotter(load_config(config_path, [*NO_MASKS,
+                 "features.sample_rate=16000"]), labels), TEACHER_META)
+    for path, problem in ((swapped, "teacher labels"),
+                          (faster, "teacher runs at 16000 Hz, the model at 8000")):
+        config = load_config(config_path, [*NO_MASKS, f"distill.teachers=[{path}]"])
+        with pytest.raises(ValueError, match=rf"{path.name}: {problem}"):
+            KWSLightningModule(config, labels)
+    config = load_config(config_path, [f"distill.teachers=[{tmp_path / 'gone.pt'}]"])
+    with pytest.raises(FileNotFoundError, match="gone.pt"):
+        KWSLightningModule(config, labels)
+
+
+def test_training_with_a_teacher_learns_and_ships_the_student_alone(reference, config_path,
+                                                                     tmp_path):
+    teacher = reference / "checkpoints" / "tones.pt"
+    config = load_config(config_path, [f"distill.teachers=[{teacher}]", "seed=4"])
+    result = train(config, tmp_path / "student", name="tones")
+    rows = metrics_rows(tmp_path / "student", "train/distill_loss")
+    distill = [float(r["train/distill_loss"]) for r in rows]
+    assert len(distill) == 5 and distill[-1] < 0.5 * distill[0]
+    val_acc = [float(r["val/acc"]) for r in metrics_rows(tmp_path / "student", "val/acc")]
+    assert max(val_acc) >= 0.6  # chance is 1/12; seed 4 alone reaches 0.75 in 5 epochs
+    spotter, meta = load_spotter(result.spotter_path)  # strict: the student's weights only
+    assert meta["train"]["config"]["distill"]["teachers"] == [str(teacher)]
+    assert sum(p.numel() for p in spotter.parameters()) == sum(
+        p.numel() for p in load_spotter(teacher)[0].parameters())
 
 
 def test_weight_averaging_ships_the_average_and_resumes_exactly(config_path, tmp_path):

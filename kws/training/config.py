@@ -9,10 +9,12 @@ JSON-able). Sections:
 * ``model``: ``name`` (the family) plus constructor overrides (checked by ``build_model``);
 * ``optim``: AdamW, the S4 SSM learning rate, warm-up, label smoothing, clipping,
   weight averaging (EMA);
+* ``distill``: trained checkpoints whose averaged posteriors the model also learns
+  (knowledge distillation, e.g. a seed ensemble into one model); no teachers: off;
 * ``trainer``: what Lightning's Trainer gets, plus early stopping and checkpointing;
 * ``seed``: the one seed that data order, augmentation and dropout derive from.
 
-Keys of ``data``, ``optim`` and ``trainer`` are fixed: a typo fails by name.
+Keys of ``data``, ``optim``, ``distill`` and ``trainer`` are fixed: a typo fails by name.
 Files and ``--set`` update the defaults key by key, also inside ``model``.
 ``--set section.key=value`` overrides any key; the value is read as YAML, so
 ``--set trainer.devices=[0,1]`` and ``--set data.root=null`` work.
@@ -57,6 +59,11 @@ DEFAULTS: dict[str, Any] = {
         # validation, checkpoints and the shipped model; 0 turns it off. It averages
         # over about 1 / (1 - decay) steps.
         "ema_decay": 0.0,
+    },
+    "distill": {
+        "teachers": [],  # shipped .pt or kws .ckpt files; their posteriors are averaged
+        "weight": 0.5,  # loss = (1 - weight) * cross-entropy + weight * T^2 * KL(teacher || model)
+        "temperature": 2.0,  # T: both sides' logits are divided by it before the softmax
     },
     "trainer": {
         "max_epochs": 40,
@@ -203,6 +210,13 @@ def check_config(config: dict[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: optim.ema_decay must be in [0, 1) (0: off)")
     if not 0 <= optim["label_smoothing"] < 1:
         raise ConfigError(f"{source}: optim.label_smoothing must be in [0, 1)")
+    distill = config["distill"]
+    if not all(isinstance(path, str) and path for path in distill["teachers"]):
+        raise ConfigError(f"{source}: distill.teachers must be a list of checkpoint paths, "
+                          f"got {distill['teachers']!r}")
+    if not 0 <= distill["weight"] <= 1 or distill["temperature"] <= 0:
+        raise ConfigError(f"{source}: distill.weight must be in [0, 1] and distill.temperature "
+                          f"> 0, got {distill['weight']} and {distill['temperature']}")
     if trainer["max_epochs"] < 1 and trainer["max_steps"] < 1:
         raise ConfigError(f"{source}: trainer.max_epochs or trainer.max_steps must be >= 1")
     minutes = trainer["max_minutes"]

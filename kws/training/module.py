@@ -18,6 +18,12 @@ Lightning's Trainer runs the loop; this file only says what one step is.
   output steps long, and mean-pools over the clip's steps alone. The model so
   learns to classify a window from the state that audio before it left, which is
   what the streaming detector asks of it.
+* Distillation (``distill.teachers``, training batches only): frozen trained
+  spotters read the same (cropped) audio as the model and pool the same window;
+  their posteriors at temperature T are averaged, as ``kws stream`` averages an
+  ensemble's, and the model is pulled towards them by a KL term beside the
+  cross-entropy. The teachers are kept out of the module's state, so checkpoints
+  hold the student alone; validation and test score it by cross-entropy as ever.
 * Dropout draws from torch's global generator, which Lightning does not restore on
   resume; it is re-seeded from (seed, global step, rank) before every step, so
   dropout masks, like the data order, depend only on where training is.
@@ -39,6 +45,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -46,7 +53,12 @@ from torchmetrics.classification import MulticlassAccuracy
 from kws.features import FeatureConfig
 from kws.models import build_model, model_class
 from kws.spotter import KeywordSpotter
-from kws.training.checkpoint import LIGHTNING_META_KEY, jsonable, spotter_metadata
+from kws.training.checkpoint import (
+    LIGHTNING_META_KEY,
+    jsonable,
+    load_spotter,
+    spotter_metadata,
+)
 
 STAGES = ("train", "val", "test")
 
@@ -68,6 +80,46 @@ def build_spotter(config: dict[str, Any], labels: list[str]) -> KeywordSpotter:
         family, feature_config.channels, len(labels), pipeline=feature_config.kind, **overrides
     )
     return KeywordSpotter(feature_config, model, labels, config["data"]["clip_seconds"])
+
+
+def load_teachers(paths: list[str], labels: list[str], sample_rate: int) -> list[KeywordSpotter]:
+    """Frozen spotters to distil from; each must score the same labels at the same rate."""
+    teachers = []
+    for path in paths:
+        teacher, _ = load_spotter(path)
+        if teacher.labels != list(labels):
+            raise ValueError(f"{path}: teacher labels {teacher.labels} differ from the "
+                             f"model's {list(labels)}; distillation needs the same classes "
+                             "in the same order")
+        rate = teacher.frontend.config.sample_rate
+        if rate != sample_rate:
+            raise ValueError(f"{path}: teacher runs at {rate} Hz, the model at {sample_rate} Hz")
+        teachers.append(teacher.eval().requires_grad_(False))
+    return teachers
+
+
+def pooled_logits(spotter: KeywordSpotter, wave: Tensor, clip_samples: int) -> Tensor:
+    """(B, context + clip) -> (B, classes): the spotter's logits pooled over the clip's steps.
+
+    With no context this is ``spotter(wave)``; with context the state comes through
+    the audio before the clip, as in the streaming detector.
+    """
+    frontend, model = spotter.frontend, spotter.model
+    if wave.shape[1] == clip_samples:
+        return spotter(wave)
+    window = frontend.config.num_frames(clip_samples) // model.time_pool
+    return model.classify(model.features(frontend(wave))[:, -window:].mean(dim=1))
+
+
+def distillation_loss(logits: Tensor, teacher_logits: list[Tensor], temperature: float) -> Tensor:
+    """T^2 * KL(mean teacher posterior || model posterior), both at temperature T.
+
+    T^2 keeps the gradient's size independent of T (Hinton et al., 2015); the teachers'
+    posteriors, not their logits, are averaged, as an ensemble detector averages them.
+    """
+    target = torch.stack([F.softmax(t.float() / temperature, dim=-1) for t in teacher_logits])
+    log_student = F.log_softmax(logits.float() / temperature, dim=-1)
+    return F.kl_div(log_student, target.mean(dim=0), reduction="batchmean") * temperature**2
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):
@@ -138,6 +190,14 @@ class KWSLightningModule(L.LightningModule):
         self.spotter = build_spotter(self.config, list(labels))
         optim = self.config["optim"]
         self.criterion = nn.CrossEntropyLoss(label_smoothing=optim["label_smoothing"])
+        distill = self.config.get("distill") or {}
+        # A plain list, not a ModuleList: the teachers stay out of state_dict and checkpoints.
+        self.teachers: list[KeywordSpotter] = load_teachers(
+            list(distill.get("teachers") or []), list(labels),
+            self.spotter.frontend.config.sample_rate,
+        )
+        self.distill_weight = float(distill.get("weight", 0.0)) if self.teachers else 0.0
+        self.distill_temperature = float(distill.get("temperature", 1.0))
         n = len(labels)
         for stage in STAGES:  # train_acc, train_loss, val_acc, ...
             setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes=n, average="micro"))
@@ -179,13 +239,10 @@ class KWSLightningModule(L.LightningModule):
                              f"got {kept}")
         return wave[:, context - kept :], config.num_frames(clip) // model.time_pool
 
-    def _logits(self, wave: Tensor, stage: str) -> Tensor:
-        train = stage == "train"
+    def _logits(self, wave: Tensor, stage: str, window: int | None = None) -> Tensor:
+        """Logits of (possibly cropped) ``wave``; ``window``: pool the last steps only."""
         spec = self.config.get("spec_augment") or {}
-        masks = train and bool(spec.get("freq_masks") or spec.get("time_masks"))
-        window = None
-        if train and self.context_samples:
-            wave, window = self.crop_context(wave)
+        masks = stage == "train" and bool(spec.get("freq_masks") or spec.get("time_masks"))
         if not masks and window is None:
             return self.spotter(wave)
         frontend, model = self.spotter.frontend, self.spotter.model
@@ -199,8 +256,19 @@ class KWSLightningModule(L.LightningModule):
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         wave, target = batch
-        logits = self._logits(wave, stage)
+        clip_samples = wave.shape[1] - (self.context_samples if stage == "train" else 0)
+        window = None
+        if stage == "train" and self.context_samples:
+            wave, window = self.crop_context(wave)
+        logits = self._logits(wave, stage, window)
         loss = self.criterion(logits.float(), target)
+        if stage == "train" and self.distill_weight:
+            with torch.no_grad():
+                teacher_logits = [pooled_logits(t, wave, clip_samples) for t in self.teachers]
+            distill = distillation_loss(logits, teacher_logits, self.distill_temperature)
+            self.log("train/distill_loss", distill.detach(), on_step=False, on_epoch=True,
+                     batch_size=len(target))
+            loss = (1 - self.distill_weight) * loss + self.distill_weight * distill
         mean_loss, accuracy = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
         mean_loss(loss.detach(), len(target))
         accuracy(logits.detach(), target)
@@ -272,6 +340,8 @@ class KWSLightningModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._fit_started = time.monotonic()
+        for teacher in self.teachers:
+            teacher.to(self.device)
 
     def on_fit_end(self) -> None:
         self.train_seconds = self.elapsed_seconds()
@@ -336,4 +406,13 @@ class KWSLightningModule(L.LightningModule):
         self.val_metrics = dict(meta.get("metrics", {}))
 
 
-__all__ = ["KWSLightningModule", "build_spotter", "spec_augment", "step_seed", "warmup_cosine"]
+__all__ = [
+    "KWSLightningModule",
+    "build_spotter",
+    "distillation_loss",
+    "load_teachers",
+    "pooled_logits",
+    "spec_augment",
+    "step_seed",
+    "warmup_cosine",
+]
