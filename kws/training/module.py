@@ -24,6 +24,7 @@ Lightning's Trainer runs the loop; this file only says what one step is.
   ensemble's, and the model is pulled towards them by a KL term beside the
   cross-entropy. The teachers are kept out of the module's state, so checkpoints
   hold the student alone; validation and test score it by cross-entropy as ever.
+  ``train/loss`` is then the mixed objective and ``train/distill_loss`` its KL term.
 * Dropout draws from torch's global generator, which Lightning does not restore on
   resume; it is re-seeded from (seed, global step, rank) before every step, so
   dropout masks, like the data order, depend only on where training is.
