@@ -60,6 +60,7 @@ from kws.training.checkpoint import (
     load_spotter,
     spotter_metadata,
 )
+from kws.training.config import DEFAULTS
 
 STAGES = ("train", "val", "test")
 
@@ -99,6 +100,11 @@ def load_teachers(paths: list[str], labels: list[str], sample_rate: int) -> list
     return teachers
 
 
+def classify_window(model: nn.Module, features: Tensor, window: int) -> Tensor:
+    """(B, L, C) features -> (B, classes) logits from the mean of the last ``window`` steps."""
+    return model.classify(model.features(features)[:, -window:].mean(dim=1))
+
+
 def pooled_logits(spotter: KeywordSpotter, wave: Tensor, clip_samples: int) -> Tensor:
     """(B, context + clip) -> (B, classes): the spotter's logits pooled over the clip's steps.
 
@@ -109,7 +115,7 @@ def pooled_logits(spotter: KeywordSpotter, wave: Tensor, clip_samples: int) -> T
     if wave.shape[1] == clip_samples:
         return spotter(wave)
     window = frontend.config.num_frames(clip_samples) // model.time_pool
-    return model.classify(model.features(frontend(wave))[:, -window:].mean(dim=1))
+    return classify_window(model, frontend(wave), window)
 
 
 def distillation_loss(logits: Tensor, teacher_logits: list[Tensor], temperature: float) -> Tensor:
@@ -191,14 +197,14 @@ class KWSLightningModule(L.LightningModule):
         self.spotter = build_spotter(self.config, list(labels))
         optim = self.config["optim"]
         self.criterion = nn.CrossEntropyLoss(label_smoothing=optim["label_smoothing"])
-        distill = self.config.get("distill") or {}
+        # Configs saved before distillation existed have no such section.
+        distill = {**DEFAULTS["distill"], **(self.config.get("distill") or {})}
         # A plain list, not a ModuleList: the teachers stay out of state_dict and checkpoints.
         self.teachers: list[KeywordSpotter] = load_teachers(
-            list(distill.get("teachers") or []), list(labels),
-            self.spotter.frontend.config.sample_rate,
+            distill["teachers"], list(labels), self.spotter.frontend.config.sample_rate
         )
-        self.distill_weight = float(distill.get("weight", 0.0)) if self.teachers else 0.0
-        self.distill_temperature = float(distill.get("temperature", 1.0))
+        self.distill_weight = float(distill["weight"]) if self.teachers else 0.0
+        self.distill_temperature = float(distill["temperature"])
         n = len(labels)
         for stage in STAGES:  # train_acc, train_loss, val_acc, ...
             setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes=n, average="micro"))
@@ -253,7 +259,7 @@ class KWSLightningModule(L.LightningModule):
             features = frontend(wave)
         if window is None:
             return model(features)
-        return model.classify(model.features(features)[:, -window:].mean(dim=1))
+        return classify_window(model, features, window)
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         wave, target = batch
@@ -410,6 +416,7 @@ class KWSLightningModule(L.LightningModule):
 __all__ = [
     "KWSLightningModule",
     "build_spotter",
+    "classify_window",
     "distillation_loss",
     "load_teachers",
     "pooled_logits",
