@@ -28,6 +28,7 @@ from kws.data.speech_commands import (
     V2_ONLY_WORDS,
     ClipDataset,
     SpeechCommands,
+    extra_word_clips,
     find_data_root,
     hash_percent,
     speaker_of,
@@ -251,6 +252,47 @@ def test_version_of_test_set_from_unknown_words(tmp_path):
     root = make_test_set(tmp_path / "plain")
     write(root / UNKNOWN / "backward_01234567_nohash_0.wav")
     assert SpeechCommands(root, "sc12").version == "v0.02"
+
+
+# -- extra training folders ----------------------------------------------------------------
+
+
+def test_extra_word_clips_from_a_full_archive(tmp_path):
+    """All words join train: task words as themselves, the rest as _unknown_, no silence,
+    and the main folder's held-out speakers are dropped."""
+    groups = speakers_per_split(2)
+    speakers = [s for group in groups.values() for s in group]
+    root = make_full(tmp_path / "v1", words=("yes", "bed", "cat"), speakers=speakers, noise=1)
+    held_out = groups["val"] + groups["test"][:1]
+    clips, info = extra_word_clips(root, "sc12", exclude_speakers=held_out)
+    kept = len(speakers) - len(held_out)
+    assert len(clips) == 3 * kept
+    assert Counter(c.label for c in clips) == {"yes": kept, UNKNOWN: 2 * kept}
+    assert all(c.split == "train" and c.speaker not in held_out for c in clips)
+    assert all(c.label_index == TASKS["sc12"].index(c.label) for c in clips)
+    assert info["counts"]["yes"] == kept and info["counts"][SILENCE] == 0
+    assert info["dropped"] == {"clips": 3 * len(held_out), "speakers": sorted(held_out)}
+    assert info["layout"] == "full" and info["outside_task"] == 0
+    # A task without _unknown_ skips the other words instead.
+    clips, info = extra_word_clips(root, "sc10")
+    assert {c.label for c in clips} == {"yes"} and info["outside_task"] == 2 * len(speakers)
+
+
+def test_extra_word_clips_from_a_test_set_and_errors(tmp_path):
+    root = make_test_set(tmp_path / "ts", words=("no",))
+    clips, info = extra_word_clips(root, "sc12")
+    n = len(speakers_per_split(2)) * 2
+    assert Counter(c.label for c in clips) == {"no": n, UNKNOWN: n}  # _silence_ is not taken
+    # In sc30 an _unknown_ clip's own word is its label.
+    assert {c.label for c in extra_word_clips(root, "sc30")[0]} == {"no", "bed"}
+    with pytest.raises(FileNotFoundError, match="nowhere: no such data folder"):
+        extra_word_clips(tmp_path / "nowhere", "sc12")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty: no Speech Commands layout"):
+        extra_word_clips(tmp_path / "empty", "sc12")
+    everyone = [c.speaker for c in clips]
+    with pytest.raises(ValueError, match=r"ts: no usable word clips .* \(12 dropped"):
+        extra_word_clips(root, "sc12", exclude_speakers=everyone)
 
 
 # -- errors --------------------------------------------------------------------------------
@@ -524,3 +566,15 @@ def test_real_v001_sample_other_tasks(v001_root):
     for split in SPLITS:
         mean_keyword = round(sum(counts[split][w] for w in SC10) / 10)
         assert counts[split][UNKNOWN] == counts[split][SILENCE] == mean_keyword
+
+
+@pytest.mark.data
+def test_real_v001_sample_as_extra_training_data(dev_root, v001_root):
+    """The v0.01 sample's words for the dev set's training: only one clip is of a speaker
+    that the dev split holds out."""
+    data = SpeechCommands(dev_root, "sc12")
+    held_out = data.speakers()["val"] + data.speakers()["test"]
+    clips, info = extra_word_clips(v001_root, "sc12", exclude_speakers=held_out)
+    assert len(clips) == 299 and info["dropped"]["clips"] == 1
+    assert info["counts"][UNKNOWN] == 199 and info["counts"]["yes"] == 10
+    assert not {c.speaker for c in clips} & set(held_out)

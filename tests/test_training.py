@@ -154,6 +154,8 @@ def test_config_defaults_overrides_and_types(config_path):
         (["distill.teachers=[3]"], r"distill.teachers must be a list of checkpoint paths"),
         (["distill.weight=1.5"], r"distill.weight must be in \[0, 1\]"),
         (["distill.temperature=0"], r"distill.temperature > 0"),
+        (["data.extra_train=more"], r"data.extra_train must be a list like \[\]"),
+        (["data.extra_train=[3]"], r"data.extra_train must be a list of data folders"),
     ],
 )
 def test_config_errors_name_the_key(config_path, sets, message):
@@ -274,6 +276,29 @@ def test_datamodule_on_the_real_test_set(dev_root):
     torch.testing.assert_close(train[(5, 0)][0], train[(5, 0)][0], rtol=0, atol=0)
     assert not torch.equal(train[(5, 0)][0], train[(5, 1)][0])  # a new epoch, a new draw
     assert all(datamodule.datasets[s].augment is None for s in ("val", "test"))
+
+
+def test_extra_train_folders_join_train_without_held_out_speakers(config_path, data_root,
+                                                                  tmp_path):
+    """A second folder with the same speakers: only its train speakers' words are added."""
+    extra = make_speech_commands(tmp_path / "more")
+    plain = SpeechCommandsDataModule(load_config(config_path))
+    plain.setup()
+    datamodule = SpeechCommandsDataModule(load_config(config_path, [
+        f"data.extra_train=[{extra}]"]))
+    datamodule.setup()
+    words = len(SC10) + 1  # the keywords and one _unknown_ word per speaker
+    sizes = {s: len(datamodule.datasets[s]) - len(plain.datasets[s]) for s in ("train", "val",
+                                                                                 "test")}
+    assert sizes == {"train": 6 * words, "val": 0, "test": 0}
+    added = datamodule.datasets["train"].clips[-6 * words:]
+    assert {c.path.parent.parent for c in added} == {extra}
+    manifest = datamodule.split_manifest()
+    assert manifest["counts"] == plain.split_manifest()["counts"]
+    (info,) = manifest["extra_train"]
+    assert info["root"] == str(extra) and info["counts"][UNKNOWN] == 6
+    assert info["dropped"]["clips"] == 4 * words and len(info["dropped"]["speakers"]) == 4
+    assert set(info["speakers"]) == set(manifest["speakers"]["train"])
 
 
 # -- a real run -----------------------------------------------------------------------------

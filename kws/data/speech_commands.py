@@ -459,6 +459,68 @@ class SpeechCommands:
         return cuts
 
 
+def extra_word_clips(
+    root: str | Path, task: str, exclude_speakers: Sequence[str] = ()
+) -> tuple[list[Clip], dict[str, Any]]:
+    """Every spoken-word clip of another Speech Commands folder, labelled for ``task``.
+
+    For ``data.extra_train``: more training words than the main folder holds (above
+    all more other words for ``_unknown_``, the class a stream meets most) while the
+    main folder's val and test splits stay as they are. Clips of ``exclude_speakers``
+    (the main folder's val and test speakers) are dropped, so held-out speakers stay
+    unheard. Words outside the task become ``_unknown_`` where the task has it and
+    are skipped where not; all are kept, not balanced. Silence and background noise
+    are not taken: a test set's ``_silence_`` clips may be cut from the same noise
+    recordings as another folder's ``_background_noise_``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such data folder (data.extra_train)")
+    layout = detect_layout(root)
+    if layout is None:
+        raise FileNotFoundError(
+            f"{root}: no Speech Commands layout found for data.extra_train (expected word "
+            f"folders such as yes/ and no/, or the test set's {UNKNOWN}/ folder)"
+        )
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    labels = TASKS[task]
+    excluded = set(exclude_speakers)
+    if layout == "full":
+        sources = [(w, root / w) for w in V2_WORDS]
+    else:
+        sources = [(w, root / w) for w in SC10] + [(None, root / UNKNOWN)]
+    clips, dropped, skipped = [], Counter(), 0
+    for word, folder in sources:
+        for path in audio_files(folder):
+            spoken = word or path.name.split("_", 1)[0]
+            label = spoken if spoken in labels else UNKNOWN if UNKNOWN in labels else None
+            speaker = speaker_of(path.name)
+            if label is None:
+                skipped += 1
+            elif speaker is None or speaker in excluded:
+                dropped[speaker or "(no speaker id)"] += 1
+            else:
+                clips.append(Clip(path, label, labels.index(label), speaker, "train"))
+    if not clips:
+        raise ValueError(
+            f"{root}: no usable word clips for task {task} in this {LAYOUT_NAMES[layout]} "
+            f"({sum(dropped.values())} dropped as held-out or unknown speakers, {skipped} "
+            "words outside the task)"
+        )
+    per_label = Counter(c.label for c in clips)
+    info = {
+        "root": str(root),
+        "layout": layout,
+        "version": detect_version(root, layout),
+        "counts": {label: per_label.get(label, 0) for label in labels},
+        "speakers": sorted({c.speaker for c in clips if c.speaker is not None}),
+        "dropped": {"clips": sum(dropped.values()), "speakers": sorted(dropped)},
+        "outside_task": skipped,
+    }
+    return clips, info
+
+
 def _is_data_root(path: Path, task: str | None) -> bool:
     layout = detect_layout(path) if path.is_dir() else None
     return layout is not None and (task is None or not missing_for_task(path, task, layout))

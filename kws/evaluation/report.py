@@ -298,6 +298,14 @@ def model_card(record: ModelRecord) -> str:
         for split, counts in (manifest.get("counts") or {}).items():
             n_speakers = len((manifest.get("speakers") or {}).get(split, []))
             out.append(f"- {split}: {sum(counts.values())} clips, {n_speakers} speakers")
+        for extra in manifest.get("extra_train") or []:
+            out.append(
+                f"- train also: {sum(extra['counts'].values())} word clips "
+                f"({extra['counts'].get('_unknown_', 0)} of them `_unknown_`), "
+                f"{len(extra['speakers'])} speakers, from `{portable(extra['root'])}` "
+                f"({extra['layout']} layout {extra['version']}; {extra['dropped']['clips']} "
+                "clips of held-out speakers dropped)"
+            )
     split = entry.get("split") or {}
     if split:
         out.append(

@@ -41,6 +41,9 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 64,
         "num_workers": 2,
         "on_error": "raise",  # or "skip": a clip that fails to load is replaced and logged
+        # More Speech Commands folders whose word clips all go to train (not val/test);
+        # their speakers that the main folder holds out are dropped.
+        "extra_train": [],
         # Augmenter arguments for the train split (None: no augmentation).
         "augment": {"shift_ms": 100.0, "noise_prob": 0.8, "snr_db": [0.0, 20.0], "speed": None},
     },
@@ -201,6 +204,9 @@ def check_config(config: dict[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: data.batch_size must be >= 1 and data.num_workers >= 0")
     if data["on_error"] not in ("raise", "skip"):
         raise ConfigError(f"{source}: data.on_error must be 'raise' or 'skip'")
+    if not all(isinstance(path, str) and path for path in data["extra_train"]):
+        raise ConfigError(f"{source}: data.extra_train must be a list of data folders, "
+                          f"got {data['extra_train']!r}")
     for key in ("lr", "ssm_lr"):
         if optim[key] <= 0:
             raise ConfigError(f"{source}: optim.{key} must be > 0, got {optim[key]}")

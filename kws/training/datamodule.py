@@ -25,7 +25,12 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from kws.data.augment import Augmenter
-from kws.data.speech_commands import ClipDataset, SpeechCommands, find_data_root
+from kws.data.speech_commands import (
+    ClipDataset,
+    SpeechCommands,
+    extra_word_clips,
+    find_data_root,
+)
 
 
 class EpochSampler(Sampler):
@@ -99,7 +104,9 @@ class SpeechCommandsDataModule(L.LightningDataModule):
 
     ``setup()`` finds the data (``data.root``, else ``find_data_root``), makes the
     speaker-disjoint split and builds the datasets; augmentation (``data.augment``,
-    seeded with the config's ``seed``) is applied to train only.
+    seeded with the config's ``seed``) is applied to train only. The word clips of
+    ``data.extra_train`` folders join train (``extra_word_clips``), less the speakers
+    that the main folder's val and test splits hold.
     """
 
     def __init__(self, config: dict[str, Any]):
@@ -112,6 +119,7 @@ class SpeechCommandsDataModule(L.LightningDataModule):
         self.datasets: dict[str, ClipDataset] = {}
         self.train_sampler: EpochSampler | None = None
         self._resume: tuple[int, int] | None = None
+        self.extra_train: list[dict[str, Any]] = []
 
     # -- data ---------------------------------------------------------------------------
 
@@ -136,9 +144,16 @@ class SpeechCommandsDataModule(L.LightningDataModule):
                 )
             except TypeError as err:
                 raise ValueError(f"data.augment: {err}") from err
+        clips = {split: data.clips(split) for split in ("train", "val", "test")}
+        held_out = sorted(set(data.speakers()["val"]) | set(data.speakers()["test"]))
+        self.extra_train = []
+        for extra_root in cfg["extra_train"]:
+            extra, info = extra_word_clips(extra_root, cfg["task"], exclude_speakers=held_out)
+            clips["train"] += extra
+            self.extra_train.append(info)
         for split in ("train", "val", "test"):
             self.datasets[split] = ClipDataset(
-                data.clips(split), self.sample_rate, cfg["clip_seconds"],
+                clips[split], self.sample_rate, cfg["clip_seconds"],
                 augment=augment if split == "train" else None, on_error=cfg["on_error"],
             )
         for split in ("train", "val"):
@@ -154,7 +169,11 @@ class SpeechCommandsDataModule(L.LightningDataModule):
         return list(self._data().labels)
 
     def split_manifest(self) -> dict[str, Any]:
-        return self._data().split_manifest()
+        """The main folder's split, plus what each ``data.extra_train`` folder added to train."""
+        manifest = self._data().split_manifest()
+        if self.extra_train:
+            manifest["extra_train"] = self.extra_train
+        return manifest
 
     def _data(self) -> SpeechCommands:
         if self.speech_commands is None:
