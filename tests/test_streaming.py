@@ -661,6 +661,15 @@ def test_score_events_counts_hits_false_alarms_and_latency():
     assert score["false_alarms"] == 5 and score["false_alarms_per_hour"] == pytest.approx(10.0)
     assert score["false_alarm_causes"] == {
         "wrong_keyword": 1, "repeat": 1, "other_word": 1, "noise": 2}
+    # What was heard: "no" fired on "left" and on noise, "yes" on itself again and on "bed".
+    assert score["false_alarm_words"] == {
+        "left": {"(noise)": 1}, "no": {"left": 1, "(noise)": 1}, "yes": {"yes": 1, "bed": 1}}
+    # Two words in the window: the one it overlaps most was heard.
+    words = [Placement("cat", False, 60.0, 61.0, "e"), Placement("dog", False, 61.1, 62.1, "f")]
+    assert score_events([fired("up", 61.3)], words, 1800.0)["false_alarm_words"] == {
+        "up": {"cat": 1}}
+    assert score_events([fired("up", 61.9)], words, 1800.0)["false_alarm_words"] == {
+        "up": {"dog": 1}}
     assert score["latency_median_s"] == pytest.approx(0.0)
     assert score["latency_p90_s"] == pytest.approx(0.16)
     assert score["hit_rate_per_keyword"] == {"left": 0.0, "stop": 1.0, "yes": 1.0}
@@ -813,6 +822,29 @@ def test_operating_curve_finds_the_thresholds_between_the_peaks():
         (0.855, 8 / 12, 0.0), (0.705, 1.0, 10.0), (0.705, 1.0, 10.0)]
 
 
+def test_bench_prints_what_the_highest_thresholds_false_alarms_heard(capsys):
+    from kws.streaming.cli import print_bench
+
+    def row(threshold: float, words: dict[str, dict[str, int]]) -> dict:
+        n = sum(sum(w.values()) for w in words.values())
+        return {"threshold": threshold, "hit_rate": 0.5, "false_alarms": n,
+                "false_alarms_per_hour": 2.0 * n, "latency_median_s": None,
+                "latency_p90_s": None, "false_alarm_words": words,
+                "false_alarm_causes": {"wrong_keyword": 0, "repeat": 0, "other_word": n,
+                                       "noise": 0}}
+
+    report = {"model": "m.onnx", "threads": 1, "real_time_factor": 0.01,
+              "stream": {"duration_s": 1800.0, "seed": 0, "keywords": 10, "unknown_words": 5},
+              "results": [row(0.5, {"up": {"cat": 5}}), row(0.9, {"off": {"up": 1, "dog": 2},
+                                                                 "go": {"no": 2}}),
+                          row(0.95, {})]}
+    print_bench(report)
+    out = capsys.readouterr().out
+    assert ("false alarms at 0.90 (keyword fired <- word heard): go <- no 2, off <- dog 2, "
+            "off <- up 1\n") in out
+    assert "cat" not in out
+
+
 def test_kws_bench_stream_sweeps_thresholds(tiny, dev_root, tmp_path, capsys):
     _, onnx_path = tiny
     out = tmp_path / "bench.json"
@@ -828,7 +860,12 @@ def test_kws_bench_stream_sweeps_thresholds(tiny, dev_root, tmp_path, capsys):
     for r in report["results"]:
         assert 0 <= r["hits"] <= r["keywords"] == report["stream"]["keywords"]
         assert r["false_alarms_per_hour"] == pytest.approx(r["false_alarms"] / hours)
+        by_word = r["false_alarm_words"]
+        assert sum(sum(words.values()) for words in by_word.values()) == r["false_alarms"]
+        assert sum(by_word.get(kw, {}).get("(noise)", 0) for kw in by_word) == r[
+            "false_alarm_causes"]["noise"]
     assert "threshold" in stdout and "real-time factor" in stdout
+    assert ("false alarms at" in stdout) == any(r["false_alarms"] for r in report["results"])
     # the curve: per budget the best of a sweep in steps of 0.005, which holds 0.3, 0.6, 0.9
     from kws.streaming.longstream import CURVE_GRID
     for point in report["best_within"]:

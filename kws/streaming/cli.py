@@ -327,6 +327,14 @@ def print_bench(report: dict[str, Any]) -> None:
         causes = " / ".join(str(n) for n in r["false_alarm_causes"].values())
         print(f"{name:>9} {r['hit_rate']:>8.3f} {r['false_alarms_per_hour']:>8.1f} "
               f"{median:>15} {p90:>6}   {causes}")
+    with_alarms = [r for r in report["results"]
+                   if r["threshold"] is not None and r["false_alarms"]]
+    if with_alarms:  # the ones that survive the highest threshold are what limits the spotter
+        top = max(with_alarms, key=lambda r: r["threshold"])
+        pairs = sorted(((n, fired, word) for fired, words in top["false_alarm_words"].items()
+                        for word, n in words.items()), key=lambda x: (-x[0], x[1], x[2]))
+        print(f"false alarms at {top['threshold']:.2f} (keyword fired <- word heard): "
+              + ", ".join(f"{fired} <- {word} {n}" for n, fired, word in pairs))
     points = [f"{p['hit_rate']:.1%} at <= {p['fa_per_hour_at_most']:g}"
               for p in report.get("best_within", []) if p["hit_rate"] is not None]
     if points:

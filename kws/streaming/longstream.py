@@ -25,6 +25,7 @@ unknown word or on noise, a second event for one keyword -- is a false alarm.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +45,8 @@ from kws.streaming.backends import NON_KEYWORDS
 from kws.streaming.engine import Event, StreamingDetector, decode_trace
 
 FADE_S = 0.01
+#: what ``score_events`` says was heard when a false alarm fired on background noise alone
+NOISE_WORD = "(noise)"
 
 
 @dataclass(frozen=True)
@@ -214,15 +217,23 @@ def score_events(
 
     False alarms are also split by what was playing when they fired: another
     keyword (``wrong_keyword``), the same keyword already hit (``repeat``), a word
-    the model should ignore (``other_word``), or only noise (``noise``).
+    the model should ignore (``other_word``), or only noise (``noise``); and, in
+    ``false_alarm_words``, by the keyword fired and the word heard (the one of that
+    kind that overlaps the event's window most, or ``NOISE_WORD``), which says what
+    more negative data or a better model has to tell apart.
     """
     truths = sorted((p for p in placements if p.keyword), key=lambda p: p.start_s)
     matched = [False] * len(truths)
     latencies = []
     causes = {"wrong_keyword": 0, "repeat": 0, "other_word": 0, "noise": 0}
+    heard: dict[str, Counter[str]] = {}
 
     def overlaps(p: Placement, event: Event) -> bool:
         return event.start_s <= p.end_s + tolerance_s and event.end_s >= p.start_s - tolerance_s
+
+    def most_overlapping(candidates: list[Placement], event: Event) -> str:
+        return max(candidates, key=lambda p: min(p.end_s, event.end_s)
+                   - max(p.start_s, event.start_s)).word
 
     for event in sorted(events, key=lambda e: e.end_s):
         hit = next((i for i, truth in enumerate(truths) if not matched[i]
@@ -232,14 +243,17 @@ def score_events(
             latencies.append(event.end_s - truths[hit].end_s)
             continue
         playing = [p for p in placements if overlaps(p, event)]
-        if any(p.keyword and p.word == event.keyword for p in playing):
-            causes["repeat"] += 1
-        elif any(p.keyword for p in playing):
-            causes["wrong_keyword"] += 1
+        keywords_playing = [p for p in playing if p.keyword]
+        if any(p.word == event.keyword for p in keywords_playing):
+            cause, word = "repeat", event.keyword
+        elif keywords_playing:
+            cause, word = "wrong_keyword", most_overlapping(keywords_playing, event)
         elif playing:
-            causes["other_word"] += 1
+            cause, word = "other_word", most_overlapping(playing, event)
         else:
-            causes["noise"] += 1
+            cause, word = "noise", NOISE_WORD
+        causes[cause] += 1
+        heard.setdefault(event.keyword, Counter())[word] += 1
     hours = duration_s / 3600
     per_word: dict[str, list[int]] = {}
     for truth, hit in zip(truths, matched, strict=True):
@@ -254,6 +268,7 @@ def score_events(
         "false_alarms": false_alarms,
         "false_alarms_per_hour": false_alarms / hours if hours else float("nan"),
         "false_alarm_causes": causes,
+        "false_alarm_words": {kw: dict(words.most_common()) for kw, words in sorted(heard.items())},
         "latency_median_s": float(np.median(latencies)) if latencies else None,
         "latency_p90_s": float(np.percentile(latencies, 90)) if latencies else None,
         "hit_rate_per_keyword": {w: h / n for w, (h, n) in sorted(per_word.items())},
