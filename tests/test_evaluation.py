@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tone
+from conftest import REPO, tone
 from torch import nn
 
 from kws.cli import main
@@ -512,6 +512,14 @@ def test_model_card_lists_every_rate_and_the_commands():
     assert "| 11025 | skipped: decimate needs an integer ratio" in card
     assert "- evaluate: `kws eval models/s4d_raw.pt --data /data`" in card
     assert "val/acc: 0.93" in card
+    assert "train also" not in card
+    meta["split"]["extra_train"] = [{
+        "root": str(REPO.parent / "shared/data/v1"), "layout": "full", "version": "v0.01",
+        "counts": {"a": 3, "_unknown_": 9}, "speakers": ["p", "q"],
+        "dropped": {"clips": 1, "speakers": ["r"]}, "outside_task": 0}]
+    assert ("- train also: 12 word clips (9 of them `_unknown_`), 2 speakers, from "
+            "`../shared/data/v1` (full layout v0.01; clips of held-out speakers dropped: 1)"
+            ) in model_card(ModelRecord("s4d_raw", meta, entry))
 
 
 def test_accuracy_plot_draws_the_speaker_bootstrap_band_where_the_report_has_one():

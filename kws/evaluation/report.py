@@ -303,8 +303,8 @@ def model_card(record: ModelRecord) -> str:
                 f"- train also: {sum(extra['counts'].values())} word clips "
                 f"({extra['counts'].get('_unknown_', 0)} of them `_unknown_`), "
                 f"{len(extra['speakers'])} speakers, from `{portable(extra['root'])}` "
-                f"({extra['layout']} layout {extra['version']}; {extra['dropped']['clips']} "
-                "clips of held-out speakers dropped)"
+                f"({extra['layout']} layout {extra['version']}; clips of held-out speakers "
+                f"dropped: {extra['dropped']['clips']})"
             )
     split = entry.get("split") or {}
     if split:
