@@ -18,6 +18,7 @@ import torch
 from conftest import tone
 from torch import nn
 
+from kws.data.speech_commands import SC10
 from kws.export.sidecar import ExportSpec, StateSpec
 from kws.streaming.backends import OnnxStepBackend, StepBackend, TorchStepBackend
 from kws.streaming.engine import (
@@ -664,6 +665,7 @@ def test_score_events_counts_hits_false_alarms_and_latency():
     # What was heard: "no" fired on "left" and on noise, "yes" on itself again and on "bed".
     assert score["false_alarm_words"] == {
         "left": {"(noise)": 1}, "no": {"left": 1, "(noise)": 1}, "yes": {"yes": 1, "bed": 1}}
+    assert score["false_alarm_clips"] == 3  # "yes" (its own clip again), "left" and "bed"
     # Two words in the window: the one it overlaps most was heard.
     words = [Placement("cat", False, 60.0, 61.0, "e"), Placement("dog", False, 61.1, 62.1, "f")]
     assert score_events([fired("up", 61.3)], words, 1800.0)["false_alarm_words"] == {
@@ -717,6 +719,34 @@ def test_long_stream_is_seeded_and_places_test_speakers(dev_root):
     start = round(p.start_s * RATE)
     residual = stream.audio[start : start + RATE] - load_audio(p.path, RATE)
     assert np.sqrt(np.mean(residual**2)) <= 10 ** (-30 / 20) * 1.01
+
+
+def test_negatives_add_distinct_other_words_of_unheard_speakers(dev_root, v001_root):
+    from kws.data.speech_commands import SpeechCommands, speaker_of
+    from kws.streaming.longstream import build_long_stream, negative_clips, stream_summary
+
+    keywords = ["yes", "no", "stop"]
+    heard = [spk for split in ("train", "val")
+             for spk in SpeechCommands(dev_root, "sc12").speakers()[split]]
+    clips = negative_clips([v001_root], keywords, heard)
+    expected = [f for folder in v001_root.iterdir() if folder.name not in keywords
+                for f in folder.glob("*_nohash_*.wav") if speaker_of(f.name) not in heard]
+    assert len(clips) == len(expected) == 226  # 270 clips of other words, 44 of heard speakers
+    assert not {word for _, word in clips} & set(keywords)
+    assert not {speaker_of(path.name) for path, _ in clips} & set(heard)
+    # With all ten keywords the test split's other words are few, and repeat.
+    ten = list(SC10)
+    plain = stream_summary(build_long_stream(dev_root, ten, minutes=10.0, seed=2))
+    more = build_long_stream(dev_root, ten, minutes=10.0, seed=2, negatives=[v001_root])
+    summary = stream_summary(more)
+    assert plain["distinct_other_clips"] <= 24 < plain["unknown_words"]
+    assert summary["distinct_other_clips"] > 2 * plain["distinct_other_clips"]
+    assert any("v0.01" in p.path for p in more.placements if not p.keyword)
+    assert all("v0.01" not in p.path for p in more.keywords)
+    with pytest.raises(FileNotFoundError, match="nowhere: no such data folder .--negatives."):
+        negative_clips([v001_root / "nowhere"], keywords)
+    with pytest.raises(ValueError, match="no clip of a word other than"):
+        negative_clips([v001_root], keywords, [speaker_of(p.name) for p, _ in clips] + heard)
 
 
 def test_long_stream_uses_background_noise_files(v001_root):
@@ -840,8 +870,8 @@ def test_bench_prints_what_the_highest_thresholds_false_alarms_heard(capsys):
                           row(0.95, {})]}
     print_bench(report)
     out = capsys.readouterr().out
-    assert ("false alarms at 0.90 (keyword fired <- word heard): go <- no 2, off <- dog 2, "
-            "off <- up 1\n") in out
+    assert ("false alarms at 0.90 (keyword fired <- word heard; 5 on ? distinct clips): "
+            "go <- no 2, off <- dog 2, off <- up 1\n") in out
     assert "cat" not in out
 
 

@@ -459,6 +459,29 @@ class SpeechCommands:
         return cuts
 
 
+def spoken_word_clips(root: str | Path, purpose: str) -> tuple[str, list[tuple[Path, str]]]:
+    """(layout, [(path, spoken word)]) of every word clip in a Speech Commands folder.
+
+    Silence and background noise are left out. ``purpose`` names the option that
+    asked, for the error when ``root`` is not a Speech Commands folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such data folder ({purpose})")
+    layout = detect_layout(root)
+    if layout is None:
+        raise FileNotFoundError(
+            f"{root}: no Speech Commands layout found for {purpose} (expected word "
+            f"folders such as yes/ and no/, or the test set's {UNKNOWN}/ folder)"
+        )
+    if layout == "full":
+        sources = [(w, root / w) for w in V2_WORDS]
+    else:
+        sources = [(w, root / w) for w in SC10] + [(None, root / UNKNOWN)]
+    return layout, [(path, word or path.name.split("_", 1)[0])
+                    for word, folder in sources for path in audio_files(folder)]
+
+
 def extra_word_clips(
     root: str | Path, task: str, exclude_speakers: Sequence[str] = ()
 ) -> tuple[list[Clip], dict[str, Any]]:
@@ -473,35 +496,22 @@ def extra_word_clips(
     are not taken: a test set's ``_silence_`` clips may be cut from the same noise
     recordings as another folder's ``_background_noise_``.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such data folder (data.extra_train)")
-    layout = detect_layout(root)
-    if layout is None:
-        raise FileNotFoundError(
-            f"{root}: no Speech Commands layout found for data.extra_train (expected word "
-            f"folders such as yes/ and no/, or the test set's {UNKNOWN}/ folder)"
-        )
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    root = Path(root)
+    layout, spoken = spoken_word_clips(root, "data.extra_train")
     labels = TASKS[task]
     excluded = set(exclude_speakers)
-    if layout == "full":
-        sources = [(w, root / w) for w in V2_WORDS]
-    else:
-        sources = [(w, root / w) for w in SC10] + [(None, root / UNKNOWN)]
     clips, dropped, skipped = [], Counter(), 0
-    for word, folder in sources:
-        for path in audio_files(folder):
-            spoken = word or path.name.split("_", 1)[0]
-            label = spoken if spoken in labels else UNKNOWN if UNKNOWN in labels else None
-            speaker = speaker_of(path.name)
-            if label is None:
-                skipped += 1
-            elif speaker is None or speaker in excluded:
-                dropped[speaker or "(no speaker id)"] += 1
-            else:
-                clips.append(Clip(path, label, labels.index(label), speaker, "train"))
+    for path, word in spoken:
+        label = word if word in labels else UNKNOWN if UNKNOWN in labels else None
+        speaker = speaker_of(path.name)
+        if label is None:
+            skipped += 1
+        elif speaker is None or speaker in excluded:
+            dropped[speaker or "(no speaker id)"] += 1
+        else:
+            clips.append(Clip(path, label, labels.index(label), speaker, "train"))
     if not clips:
         raise ValueError(
             f"{root}: no usable word clips for task {task} in this {LAYOUT_NAMES[layout]} "

@@ -92,6 +92,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--split", default="test", choices=("train", "val", "test"),
                        help="clips and noise of this split (default test: unseen speakers)")
+    bench.add_argument("--negatives", type=Path, action="append", default=[], metavar="DIR",
+                       help="another Speech Commands folder whose other words join the "
+                       "stream's, less speakers of --data's other splits (repeatable)")
     bench.add_argument("--thresholds", default="0.5,0.6,0.7,0.8,0.9,0.95",
                        help="comma-separated thresholds to score (default 0.5,...,0.95)")
     bench.add_argument("--tolerance", type=float, default=0.25,
@@ -261,7 +264,7 @@ def run_bench_stream(args: argparse.Namespace) -> int:
                         f"labels of {args.model} ({detector.labels})")
     root = find_data_root(args.data)
     stream, trace, elapsed = record_long_stream(detector, root, args.minutes, args.seed,
-                                                args.split)
+                                                args.split, negatives=args.negatives)
     timing = {"smoothing_ms": args.smoothing_ms, "refractory_ms": args.refractory_ms,
               "hold_ms": args.hold_ms}
 
@@ -289,6 +292,7 @@ def run_bench_stream(args: argparse.Namespace) -> int:
         "threads": args.threads,
         "data": str(root),
         "split": args.split,
+        "negatives": [str(path) for path in args.negatives],
         "stream": stream_summary(stream),
         "detector": {
             "smoothing_ms": args.smoothing_ms, "refractory_ms": args.refractory_ms,
@@ -316,7 +320,8 @@ def print_bench(report: dict[str, Any]) -> None:
 
     s = report["stream"]
     print(f"{report['model']}: {s['duration_s'] / 60:.1f} min stream (seed {s['seed']}), "
-          f"{s['keywords']} keywords, {s['unknown_words']} other words; "
+          f"{s['keywords']} keywords ({s.get('distinct_keyword_clips', '?')} distinct clips), "
+          f"{s['unknown_words']} other words ({s.get('distinct_other_clips', '?')} distinct); "
           f"real-time factor {report['real_time_factor']:.4f} on {report['threads']} thread(s)")
     print(f"{'threshold':>9} {'hit rate':>8} {'FA/hour':>8} {'latency median':>15} {'p90':>6}"
           "   false alarms on: other keyword / same keyword again / other word / noise")
@@ -333,7 +338,8 @@ def print_bench(report: dict[str, Any]) -> None:
         top = max(with_alarms, key=lambda r: r["threshold"])
         pairs = sorted(((n, fired, word) for fired, words in top["false_alarm_words"].items()
                         for word, n in words.items()), key=lambda x: (-x[0], x[1], x[2]))
-        print(f"false alarms at {top['threshold']:.2f} (keyword fired <- word heard): "
+        print(f"false alarms at {top['threshold']:.2f} (keyword fired <- word heard; "
+              f"{top['false_alarms']} on {top.get('false_alarm_clips', '?')} distinct clips): "
               + ", ".join(f"{fired} <- {word} {n}" for n, fired, word in pairs))
     points = [f"{p['hit_rate']:.1%} at <= {p['fa_per_hour_at_most']:g}"
               for p in report.get("best_within", []) if p["hit_rate"] is not None]

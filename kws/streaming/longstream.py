@@ -10,7 +10,8 @@ makes one from a Speech Commands folder:
   ``noise_dbfs`` RMS, with 10-ms fades between stretches;
 * speech at random gaps of ``gap_s``: keyword clips (the model's keywords, in
   turn, from the chosen split, so test speakers by default) and, a fraction
-  ``unknown_fraction`` of the time, clips of other words, each at its recorded level.
+  ``unknown_fraction`` of the time, clips of other words (the split's, plus those of
+  any ``negatives`` folders), each at its recorded level.
 
 A keyword's true interval is its clip's [start, end]. An event says "my window,
 [start_s, end_s], holds this keyword", so ``score_events`` counts it as a hit when
@@ -40,6 +41,8 @@ from kws.data.speech_commands import (
     SpeechCommands,
     detect_layout,
     detect_version,
+    speaker_of,
+    spoken_word_clips,
 )
 from kws.streaming.backends import NON_KEYWORDS
 from kws.streaming.engine import Event, StreamingDetector, decode_trace
@@ -115,6 +118,30 @@ def speech_pools(
     return data, {k: v for k, v in by_keyword.items() if v}, others
 
 
+def negative_clips(
+    roots: Sequence[str | Path], keywords: Sequence[str], exclude_speakers: Sequence[str] = ()
+) -> list[tuple[Path, str]]:
+    """(path, word) of the clips in more Speech Commands folders whose word is no keyword.
+
+    A test split holds few other words (the dev set's 13 test speakers: 18 clips on a
+    30-minute stream), so each is placed many times and one clip that a model takes
+    for a keyword makes most of its false alarms. More folders give the stream more
+    distinct negatives. Clips of ``exclude_speakers`` (those the model may have
+    heard: the main folder's other splits) are left out.
+    """
+    excluded, out = set(exclude_speakers), []
+    for root in roots:
+        _, spoken = spoken_word_clips(root, "--negatives")
+        found = [(path, word) for path, word in spoken if word not in keywords]
+        kept = [(path, word) for path, word in found if speaker_of(path.name) not in excluded]
+        if not kept:
+            raise ValueError(f"{root}: no clip of a word other than {list(keywords)} by a "
+                             f"speaker the model has not heard ({len(found)} such clips, all "
+                             "of speakers in the main data's other splits)")
+        out += kept
+    return out
+
+
 def noise_bed(
     noises: list[np.ndarray], samples: int, rate: int, rng: np.random.Generator,
     noise_dbfs: tuple[float, float], stretch_s: tuple[float, float] = (2.0, 8.0),
@@ -153,8 +180,12 @@ def build_long_stream(
     gap_s: tuple[float, float] = (1.0, 4.0),
     unknown_fraction: float = 0.3,
     noise_dbfs: tuple[float, float] = (-50.0, -30.0),
+    negatives: Sequence[str | Path] = (),
 ) -> LongStream:
-    """A ``minutes``-long stream of noise with clips at known times; see the module docstring."""
+    """A ``minutes``-long stream of noise with clips at known times; see the module docstring.
+
+    ``negatives``: more folders whose other words join the split's (``negative_clips``).
+    """
     if not minutes > 0:
         raise ValueError(f"minutes must be > 0, got {minutes}")
     if not 0 <= unknown_fraction < 1:
@@ -163,6 +194,9 @@ def build_long_stream(
         raise ValueError(f"gap_s must be (low, high) with 0 <= low <= high, got {gap_s}")
     rng = np.random.default_rng(seed)
     data, by_keyword, others = speech_pools(root, keywords, split)
+    if negatives:
+        heard = [spk for other, spks in data.speakers().items() if other != split for spk in spks]
+        others = others + negative_clips(negatives, keywords, heard)
     samples = round(minutes * 60 * sample_rate)
     audio = noise_bed(data.load_noise(split, sample_rate), samples, sample_rate, rng, noise_dbfs)
     queues: dict[str, list[Path]] = {}
@@ -193,7 +227,8 @@ def build_long_stream(
 
 
 def record_long_stream(
-    detector: StreamingDetector, root: Path, minutes: float, seed: int, split: str = "test"
+    detector: StreamingDetector, root: Path, minutes: float, seed: int, split: str = "test",
+    negatives: Sequence[str | Path] = (),
 ) -> tuple[LongStream, np.ndarray, float]:
     """Build the stream for ``detector``'s keywords, run it once and keep the posteriors:
     (stream, trace, seconds the model took). Every sweep decodes this one trace."""
@@ -201,7 +236,8 @@ def record_long_stream(
         raise ValueError("record_long_stream needs a detector made with record=True")
     keywords = [label for label, t in zip(detector.labels, detector.decoder.thresholds,
                                           strict=True) if t <= 1]
-    stream = build_long_stream(root, keywords, minutes, seed, split, detector.sample_rate)
+    stream = build_long_stream(root, keywords, minutes, seed, split, detector.sample_rate,
+                               negatives=negatives)
     started = time.perf_counter()
     detector.process(stream.audio, block=detector.chunk_samples)
     return stream, detector.trace(), time.perf_counter() - started
@@ -220,20 +256,22 @@ def score_events(
     the model should ignore (``other_word``), or only noise (``noise``); and, in
     ``false_alarm_words``, by the keyword fired and the word heard (the one of that
     kind that overlaps the event's window most, or ``NOISE_WORD``), which says what
-    more negative data or a better model has to tell apart.
+    more negative data or a better model has to tell apart. ``false_alarm_clips``
+    counts the distinct clips they fired on: a stream places each clip many times.
     """
     truths = sorted((p for p in placements if p.keyword), key=lambda p: p.start_s)
     matched = [False] * len(truths)
     latencies = []
     causes = {"wrong_keyword": 0, "repeat": 0, "other_word": 0, "noise": 0}
     heard: dict[str, Counter[str]] = {}
+    alarm_clips: set[str] = set()
 
     def overlaps(p: Placement, event: Event) -> bool:
         return event.start_s <= p.end_s + tolerance_s and event.end_s >= p.start_s - tolerance_s
 
-    def most_overlapping(candidates: list[Placement], event: Event) -> str:
+    def most_overlapping(candidates: list[Placement], event: Event) -> Placement:
         return max(candidates, key=lambda p: min(p.end_s, event.end_s)
-                   - max(p.start_s, event.start_s)).word
+                   - max(p.start_s, event.start_s))
 
     for event in sorted(events, key=lambda e: e.end_s):
         hit = next((i for i, truth in enumerate(truths) if not matched[i]
@@ -245,13 +283,17 @@ def score_events(
         playing = [p for p in placements if overlaps(p, event)]
         keywords_playing = [p for p in playing if p.keyword]
         if any(p.word == event.keyword for p in keywords_playing):
-            cause, word = "repeat", event.keyword
+            cause, source = "repeat", next(p for p in keywords_playing
+                                           if p.word == event.keyword)
         elif keywords_playing:
-            cause, word = "wrong_keyword", most_overlapping(keywords_playing, event)
+            cause, source = "wrong_keyword", most_overlapping(keywords_playing, event)
         elif playing:
-            cause, word = "other_word", most_overlapping(playing, event)
+            cause, source = "other_word", most_overlapping(playing, event)
         else:
-            cause, word = "noise", NOISE_WORD
+            cause, source = "noise", None
+        word = NOISE_WORD if source is None else source.word
+        if source is not None:
+            alarm_clips.add(source.path)
         causes[cause] += 1
         heard.setdefault(event.keyword, Counter())[word] += 1
     hours = duration_s / 3600
@@ -269,6 +311,7 @@ def score_events(
         "false_alarms_per_hour": false_alarms / hours if hours else float("nan"),
         "false_alarm_causes": causes,
         "false_alarm_words": {kw: dict(words.most_common()) for kw, words in sorted(heard.items())},
+        "false_alarm_clips": len(alarm_clips),
         "latency_median_s": float(np.median(latencies)) if latencies else None,
         "latency_p90_s": float(np.percentile(latencies, 90)) if latencies else None,
         "hit_rate_per_keyword": {w: h / n for w, (h, n) in sorted(per_word.items())},
@@ -411,11 +454,14 @@ def calibrate_thresholds(
 def stream_summary(stream: LongStream) -> dict[str, Any]:
     """What the stream holds, for the benchmark's JSON."""
     words = [p.word for p in stream.keywords]
+    others = [p for p in stream.placements if not p.keyword]
     return {
         "duration_s": stream.duration_s,
         "seed": stream.seed,
         "keywords": len(words),
-        "unknown_words": len(stream.placements) - len(words),
+        "unknown_words": len(others),
+        "distinct_keyword_clips": len({p.path for p in stream.keywords}),
+        "distinct_other_clips": len({p.path for p in others}),
         "per_keyword": {w: words.count(w) for w in sorted(set(words))},
     }
 
