@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="streaming ONNX, checkpoint, or a,b,c")
     parser.add_argument("--data", default=None)
     parser.add_argument("--split", default="test")
+    parser.add_argument("--negatives", action="append", default=[], metavar="DIR",
+                        help="more folders of other words for the stream (as kws bench stream)")
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=10)
     parser.add_argument("--smoothings", default="100", help="smoothing_ms values")
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     detector = StreamingDetector(backend, refractory_ms=args.refractory_ms, record=True)
     root = find_data_root(args.data)
     stream, trace, elapsed = record_long_stream(detector, root, args.minutes, args.seed,
-                                                args.split)
+                                                args.split, negatives=args.negatives)
 
     rows = []
     where = (trace, detector.labels, detector.chunk_s, backend.window_s, stream.placements,
@@ -93,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
 
     s = stream_summary(stream)
     print(f"{args.model}: {s['duration_s'] / 60:.1f} min stream (seed {args.seed}, "
-          f"{args.split}), {s['keywords']} keywords, {s['unknown_words']} other words; "
+          f"{args.split}), {s['keywords']} keywords, {s['unknown_words']} other words "
+          f"({s['distinct_other_clips']} distinct); "
           f"model run once ({elapsed:.0f} s), decoded per setting")
     print(f"best hit rate within a false-alarm budget (FA/hour; {CURVE_GRID_TEXT}), and the "
           "median latency there")
@@ -105,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "model": args.model, "backend": backend.describe(), "data": str(root),
-            "split": args.split, "stream": s, "model_seconds": elapsed,
+            "split": args.split, "negatives": args.negatives, "stream": s,
+            "model_seconds": elapsed,
             "detector": {"refractory_ms": args.refractory_ms,
                          "reset_period_s": detector.reset_period_s, "copies": detector.copies,
                          "tolerance_s": args.tolerance},
