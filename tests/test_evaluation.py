@@ -587,6 +587,10 @@ def test_model_card_lists_the_models_streaming_exports_and_their_measurements(tm
         "model": "export/a_stream.onnx,export/b_stream.onnx", "split": "test",
         "stream": {"duration_s": 1800.0},
         "results": [{"threshold": 0.9, "hit_rate": 0.6, "false_alarms_per_hour": 2.0}]}))
+    (tmp_path / "results" / "bench_stream_neg.json").write_text(json.dumps({
+        "model": "export/m_stream_8k.onnx", "split": "test", "stream": {"duration_s": 3600.0},
+        "negatives": [str(REPO.parent / "shared/data/more")],
+        "results": [{"threshold": 0.9, "hit_rate": 0.574, "false_alarms_per_hour": 11.0}]}))
     (tmp_path / "results" / "bench_stream_broken.json").write_text("{not json")
     # a same-named candidate outside export/ (a study's run) is another model
     (tmp_path / "results" / "bench_stream_candidate.json").write_text(json.dumps({
@@ -597,7 +601,7 @@ def test_model_card_lists_the_models_streaming_exports_and_their_measurements(tm
 
     (fact,) = streaming_facts(checkpoint)
     assert fact["export"] == "export/m_stream_8k.onnx" and fact["chunk_ms"] == 20.0
-    assert fact["bytes"] == 250_000 and len(fact["speed"]) == 1 and len(fact["detection"]) == 2
+    assert fact["bytes"] == 250_000 and len(fact["speed"]) == 1 and len(fact["detection"]) == 3
     card = model_card(ModelRecord("m", {}, hand_entry("m", {16000: 0.9}), checkpoint))
     assert ("| `export/m_stream_8k.onnx` | 8000 Hz | 20 ms | 0.25 MB | 0.015 | 0.025 "
             "| results/bench_stream_speed.json |") in card
@@ -610,6 +614,8 @@ def test_model_card_lists_the_models_streaming_exports_and_their_measurements(tm
             "(a_stream.onnx) on a 30-min stream of test speakers (results/bench_stream_ens.json): "
             "0.9: 51.3% hits, 4 FA/h.") in card
     assert "60.0% hits" not in card  # the ensemble without this export
+    assert ("on a 60-min stream of test speakers and other words from `../shared/data/more` "
+            "(results/bench_stream_neg.json): 0.9: 57.4% hits, 11 FA/h.") in card
     # one row: not the 2-thread measurement, nothing of the other model's export
     assert len([line for line in card.splitlines() if line.startswith("| `export/")]) == 1
     assert streaming_facts(None) == []

@@ -397,6 +397,7 @@ def streaming_facts(checkpoint: Path | None) -> list[dict[str, Any]]:
                                           "with": [Path(m).name for m in members
                                                    if not names_export(m, onnx)],
                                           "split": report.get("split"),
+                                          "negatives": report.get("negatives") or [],
                                           "minutes": (report.get("stream") or {}).get(
                                               "duration_s", 0) / 60,
                                           "results": report["results"],
@@ -434,8 +435,10 @@ def streaming_section(facts: list[dict[str, Any]]) -> list[str]:
             if run.get("with"):  # an ensemble: this export's posteriors averaged with others'
                 who += (f" averaged with {len(run['with'])} other export(s) "
                         f"({', '.join(run['with'])})")
+            more = "".join(f" and other words from `{portable(folder)}`"
+                           for folder in run.get("negatives") or [])
             out += ["", f"Detection, {who} on a {run['minutes']:.0f}-min stream of "
-                    f"{run['split']} speakers ({run['source']}): " + "; ".join(rows) + "."]
+                    f"{run['split']} speakers{more} ({run['source']}): " + "; ".join(rows) + "."]
             points = [f"{100 * p['hit_rate']:.1f}% at <= {p['fa_per_hour_at_most']:g}"
                       for p in run.get("curve", []) if p.get("hit_rate") is not None]
             if points:
