@@ -747,6 +747,10 @@ def test_negatives_add_distinct_other_words_of_unheard_speakers(dev_root, v001_r
         negative_clips([v001_root / "nowhere"], keywords)
     with pytest.raises(ValueError, match="no clip of a word other than"):
         negative_clips([v001_root], keywords, [speaker_of(p.name) for p, _ in clips] + heard)
+    with pytest.raises(ValueError, match=r"no clip of a word other than .* \(--negatives\)"):
+        negative_clips([v001_root], [f.name for f in v001_root.iterdir() if f.is_dir()])
+    with pytest.raises(ValueError, match="is the stream's own data folder"):
+        build_long_stream(dev_root, ten, minutes=1.0, seed=2, negatives=[dev_root])
 
 
 def test_long_stream_uses_background_noise_files(v001_root):

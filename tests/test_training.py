@@ -299,6 +299,10 @@ def test_extra_train_folders_join_train_without_held_out_speakers(config_path, d
     assert info["root"] == str(extra) and info["counts"][UNKNOWN] == 6
     assert info["dropped"]["clips"] == 4 * words and len(info["dropped"]["speakers"]) == 4
     assert set(info["speakers"]) == set(manifest["speakers"]["train"])
+    same = SpeechCommandsDataModule(load_config(config_path, [
+        f"data.extra_train=[{data_root}]"]))
+    with pytest.raises(ValueError, match="data.extra_train: .* is the main data folder"):
+        same.setup()
 
 
 # -- a real run -----------------------------------------------------------------------------

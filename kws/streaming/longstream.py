@@ -134,6 +134,9 @@ def negative_clips(
         _, spoken = spoken_word_clips(root, "--negatives")
         found = [(path, word) for path, word in spoken if word not in keywords]
         kept = [(path, word) for path, word in found if speaker_of(path.name) not in excluded]
+        if not found:
+            raise ValueError(f"{root}: no clip of a word other than {list(keywords)} "
+                             "(--negatives)")
         if not kept:
             raise ValueError(f"{root}: no clip of a word other than {list(keywords)} by a "
                              f"speaker the model has not heard ({len(found)} such clips, all "
@@ -195,6 +198,9 @@ def build_long_stream(
     rng = np.random.default_rng(seed)
     data, by_keyword, others = speech_pools(root, keywords, split)
     if negatives:
+        if any(Path(folder).resolve() == data.root.resolve() for folder in negatives):
+            raise ValueError(f"--negatives: {root} is the stream's own data folder; its "
+                             f"{split} split's other words are already in the stream")
         heard = [spk for other, spks in data.speakers().items() if other != split for spk in spks]
         others = others + negative_clips(negatives, keywords, heard)
     samples = round(minutes * 60 * sample_rate)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -148,6 +149,9 @@ class SpeechCommandsDataModule(L.LightningDataModule):
         held_out = sorted(set(data.speakers()["val"]) | set(data.speakers()["test"]))
         self.extra_train = []
         for extra_root in cfg["extra_train"]:
+            if Path(extra_root).resolve() == data.root.resolve():
+                raise ValueError(f"data.extra_train: {extra_root} is the main data folder; its "
+                                 "train clips are already in train")
             extra, info = extra_word_clips(extra_root, cfg["task"], exclude_speakers=held_out)
             clips["train"] += extra
             self.extra_train.append(info)
