@@ -135,6 +135,12 @@ def test_config_defaults_overrides_and_types(config_path):
     assert isinstance(config["trainer"]["max_epochs"], int)
     assert config["data"]["augment"] is None and config["model"]["dropout"] == 0.2
     assert parse_set("a.b.c=[1, 2]") == {"a": {"b": {"c": [1, 2]}}}
+    # YAML reads 1e-3 (no dot) as a string; a number key takes it as the number it is.
+    config = load_config(config_path, ["optim.lr=1e-3", "optim.ssm_lr=2.5E-4",
+                                       "trainer.max_epochs=1e1"])
+    assert config["optim"]["lr"] == 0.001 and config["optim"]["ssm_lr"] == 0.00025
+    assert config["trainer"]["max_epochs"] == 10 and isinstance(config["trainer"]["max_epochs"],
+                                                                int)
 
 
 @pytest.mark.parametrize(
@@ -156,6 +162,7 @@ def test_config_defaults_overrides_and_types(config_path):
         (["distill.temperature=0"], r"distill.temperature > 0"),
         (["data.extra_train=more"], r"data.extra_train must be a list like \[\]"),
         (["data.extra_train=[3]"], r"data.extra_train must be a list of data folders"),
+        (["init_from=3"], r"init_from must be a checkpoint path or null"),
     ],
 )
 def test_config_errors_name_the_key(config_path, sets, message):
@@ -362,6 +369,46 @@ def test_resume_mid_epoch_matches_uninterrupted_run(reference, config_path, tmp_
     shipped_a = read_checkpoint(reference / "checkpoints" / "tones.pt")
     shipped_b = read_checkpoint(out / "checkpoints" / "tones.pt")
     assert shipped_a["metrics"] == shipped_b["metrics"]
+
+
+def test_init_from_starts_the_run_from_trained_weights(reference, config_path, tmp_path):
+    """Fine-tuning: the run begins at the checkpoint's weights, with a fresh schedule."""
+    trained = reference / "checkpoints" / "tones.pt"
+    before, meta = load_spotter(trained)
+    # A learning rate too small to move anything: the run must end where it started.
+    still = ["trainer.max_epochs=1", "optim.lr=1e-9", "optim.ssm_lr=1e-9"]
+    tuned = train(load_config(config_path, [f"init_from={trained}", *still]),
+                  tmp_path / "tuned", name="tones")
+    after, _ = load_spotter(tuned.spotter_path)
+    for key, value in before.state_dict().items():
+        torch.testing.assert_close(after.state_dict()[key], value, rtol=0, atol=1e-6)
+    assert tuned.metrics["val/acc"] == pytest.approx(meta["metrics"]["val/acc"])
+    assert read_checkpoint(tuned.spotter_path)["train"]["config"]["init_from"] == str(trained)
+    scratch = train(load_config(config_path, still), tmp_path / "scratch", name="tones")
+    assert scratch.metrics["val/acc"] < 0.5 <= meta["metrics"]["val/acc"]
+
+
+@pytest.mark.parametrize(
+    ("sets", "error", "message"),
+    [
+        (["model.d_model=8"], ValueError, r"does not fit this run's model section"),
+        (["features.n_mfcc=13"], ValueError, r"its features .* differ from this run's"),
+        (["data.test_percent=40"], ValueError,
+         r"trained on \d+ speaker\(s\) that this run holds out"),
+    ],
+)
+def test_init_from_refuses_another_network_or_held_out_speakers(reference, config_path,
+                                                                 tmp_path, sets, error, message):
+    trained = reference / "checkpoints" / "tones.pt"
+    config = load_config(config_path, [f"init_from={trained}", *sets])
+    with pytest.raises(error, match=rf"init_from {trained}: .*{message}"):
+        train(config, tmp_path / "run", name="tones")
+
+
+def test_init_from_a_missing_file_names_it(config_path, tmp_path):
+    config = load_config(config_path, [f"init_from={tmp_path / 'nothing.pt'}"])
+    with pytest.raises(FileNotFoundError, match="init_from: .*nothing.pt does not exist"):
+        train(config, tmp_path / "run", name="tones")
 
 
 def test_time_limited_run_resumes_only_with_a_larger_limit(config_path, tmp_path, capsys):

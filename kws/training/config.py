@@ -23,6 +23,7 @@ Files and ``--set`` update the defaults key by key, also inside ``model``.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,9 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
+    # A trained checkpoint (.pt or .ckpt) whose weights the run starts from, with a
+    # fresh optimizer and schedule: fine-tuning. Ignored when resuming.
+    "init_from": None,
     "data": {
         "root": None,  # None: kws.data.speech_commands.find_data_root()
         "task": "sc12",
@@ -110,6 +114,9 @@ def resolve_config_path(name: str | Path) -> Path:
     raise FileNotFoundError(f"{name}: no such config file (shipped configs: {names})")
 
 
+_EXPONENT_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def _checked(value: Any, default: Any, where: str) -> Any:
     """``value`` if it has the default's type (ints may be written 2.0); else ConfigError.
 
@@ -117,6 +124,9 @@ def _checked(value: Any, default: Any, where: str) -> Any:
     """
     if default is None or default == "auto":
         return value
+    if (isinstance(default, (int, float)) and not isinstance(default, bool)
+            and isinstance(value, str) and _EXPONENT_NUMBER.match(value)):
+        value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, (int, float)):
@@ -200,6 +210,9 @@ def check_config(config: dict[str, Any], source: str) -> None:
     if "kind" not in config["features"]:
         raise ConfigError(f"{source}: features.kind (raw or mfcc) is required")
     data, optim, trainer = config["data"], config["optim"], config["trainer"]
+    init = config["init_from"]
+    if init is not None and not (isinstance(init, str) and init):
+        raise ConfigError(f"{source}: init_from must be a checkpoint path or null, got {init!r}")
     if data["batch_size"] < 1 or data["num_workers"] < 0:
         raise ConfigError(f"{source}: data.batch_size must be >= 1 and data.num_workers >= 0")
     if data["on_error"] not in ("raise", "skip"):

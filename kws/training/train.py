@@ -273,6 +273,41 @@ def trained_seconds(checkpoint: dict[str, Any]) -> float:
     return float(timer.get("time_elapsed", {}).get("train", 0.0))
 
 
+def init_weights(module: KWSLightningModule, path: str | Path,
+                 split_manifest: dict[str, Any]) -> None:
+    """Start ``module`` from a trained checkpoint's weights (``init_from``): fine-tuning.
+
+    The checkpoint must be the same network (labels, features, model) and must not
+    have trained on speakers that this run holds out: its scores on them would be
+    no test of the fine-tuned model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from: {path} does not exist")
+    spotter, meta = load_spotter(path)
+    mine = module.spotter
+    if list(spotter.labels) != list(mine.labels):
+        raise ValueError(f"init_from {path}: its labels {list(spotter.labels)} are not this "
+                         f"run's {list(mine.labels)}")
+    if spotter.frontend.config != mine.frontend.config:
+        raise ValueError(f"init_from {path}: its features {spotter.frontend.config} differ "
+                         f"from this run's {mine.frontend.config}")
+    try:
+        mine.load_state_dict(spotter.state_dict(), strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"init_from {path}: its model does not fit this run's model section "
+                         f"({str(err).splitlines()[0]})") from err
+    trained_on = set((meta.get("split") or {}).get("speakers", {}).get("train", []))
+    held_out = {spk for split in ("val", "test")
+                for spk in split_manifest.get("speakers", {}).get(split, [])}
+    if trained_on & held_out:
+        raise ValueError(
+            f"init_from {path}: it trained on {len(trained_on & held_out)} speaker(s) that this "
+            f"run holds out for validation or test (e.g. {sorted(trained_on & held_out)[0]}); "
+            "fine-tune on the split it was trained with"
+        )
+
+
 def quiet_known_warnings(resuming: bool) -> None:
     """Silence warnings that are expected here and would only confuse a reader of the log."""
     # Lightning 2.6 on torch 2.14 warns about its own use of torch's pytree API.
@@ -312,6 +347,8 @@ def train(
     module = KWSLightningModule(
         config, datamodule.labels, config["data"]["task"], datamodule.split_manifest()
     )
+    if config["init_from"] is not None and ckpt_path is None:
+        init_weights(module, config["init_from"], datamodule.split_manifest())
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(dump_config(config))
     trainer, best_callback = build_trainer(config, out_dir, callbacks)
@@ -356,6 +393,7 @@ __all__ = [
     "LastCheckpoint",
     "TrainResult",
     "build_trainer",
+    "init_weights",
     "resolve_precision",
     "seed_summary",
     "train",
