@@ -520,6 +520,11 @@ def test_model_card_lists_every_rate_and_the_commands():
     assert ("- train also: 12 word clips (9 of them `_unknown_`), 2 speakers, from "
             "`../shared/data/v1` (full layout v0.01; clips of held-out speakers dropped: 1)"
             ) in model_card(ModelRecord("s4d_raw", meta, entry))
+    assert "started from" not in card
+    meta["train"]["config"]["init_from"] = str(REPO / "models" / "s4d_raw_first.pt")
+    tuned = model_card(ModelRecord("s4d_raw", meta, entry))
+    assert ("- started from: `models/s4d_raw_first.pt` (init_from; epochs and time below are "
+            "the fine-tuning's)\n- seconds: 2.00 h") in tuned
 
 
 def test_accuracy_plot_draws_the_speaker_bootstrap_band_where_the_report_has_one():

@@ -233,11 +233,15 @@ def with_schedule(train: dict[str, Any]) -> dict[str, Any]:
     a checkpoint records the epochs done when it was saved, and the best one is often
     saved before the schedule ends, which a bare number would hide."""
     epochs = train.get("epochs")
-    scheduled = ((train.get("config") or {}).get("trainer") or {}).get("max_epochs")
+    config = train.get("config") or {}
+    scheduled = (config.get("trainer") or {}).get("max_epochs")
     if (isinstance(epochs, (int, float)) and isinstance(scheduled, int) and scheduled > 0
             and epochs < scheduled):
-        return {**train, "epochs": f"{epochs:g} when this checkpoint was saved, of a "
-                                   f"{scheduled}-epoch schedule"}
+        train = {**train, "epochs": f"{epochs:g} when this checkpoint was saved, of a "
+                                    f"{scheduled}-epoch schedule"}
+    if config.get("init_from"):  # fine-tuned: the epochs and time above are the fine-tuning's
+        train = {"started from": f"`{portable(config['init_from'])}` (init_from; epochs and "
+                 "time below are the fine-tuning's)", **train}
     return train
 
 
