@@ -391,7 +391,8 @@ def test_init_from_starts_the_run_from_trained_weights(reference, config_path, t
 @pytest.mark.parametrize(
     ("sets", "error", "message"),
     [
-        (["model.d_model=8"], ValueError, r"does not fit this run's model section"),
+        (["model.d_model=8"], ValueError,
+         r"does not fit this run's model section \(model.d_model: 16 there, 8 here\)"),
         (["features.n_mfcc=13"], ValueError, r"its features .* differ from this run's"),
         (["data.test_percent=40"], ValueError,
          r"trained on \d+ speaker\(s\) that this run holds out"),

@@ -295,8 +295,13 @@ def init_weights(module: KWSLightningModule, path: str | Path,
     try:
         mine.load_state_dict(spotter.state_dict(), strict=True)
     except RuntimeError as err:
-        raise ValueError(f"init_from {path}: its model does not fit this run's model section "
-                         f"({str(err).splitlines()[0]})") from err
+        theirs, ours = dict(meta.get("model_config") or {}), dict(mine.model.config)
+        differ = [f"model.{key}: {theirs.get(key)!r} there, {ours.get(key)!r} here"
+                  for key in sorted(set(theirs) | set(ours))
+                  if key not in ("dropout", "ssm_lr") and theirs.get(key) != ours.get(key)]
+        raise ValueError(f"init_from {path}: its model does not fit this run's model section ("
+                         + ("; ".join(differ) or str(err).splitlines()[0])
+                         + "); set the same with --set") from err
     trained_on = set((meta.get("split") or {}).get("speakers", {}).get("train", []))
     held_out = {spk for split in ("val", "test")
                 for spk in split_manifest.get("speakers", {}).get(split, [])}
