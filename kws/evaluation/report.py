@@ -231,7 +231,9 @@ def _facts(values: dict[str, Any]) -> list[str]:
 def with_schedule(train: dict[str, Any]) -> dict[str, Any]:
     """``train`` with its ``epochs`` set against the configured schedule where they differ:
     a checkpoint records the epochs done when it was saved, and the best one is often
-    saved before the schedule ends, which a bare number would hide."""
+    saved before the schedule ends, which a bare number would hide. A fine-tuned run
+    (``init_from``) also says what it started from, since its epochs and time are only
+    the fine-tuning's."""
     epochs = train.get("epochs")
     config = train.get("config") or {}
     scheduled = (config.get("trainer") or {}).get("max_epochs")
@@ -239,7 +241,7 @@ def with_schedule(train: dict[str, Any]) -> dict[str, Any]:
             and epochs < scheduled):
         train = {**train, "epochs": f"{epochs:g} when this checkpoint was saved, of a "
                                     f"{scheduled}-epoch schedule"}
-    if config.get("init_from"):  # fine-tuned: the epochs and time above are the fine-tuning's
+    if config.get("init_from"):
         train = {"started from": f"`{portable(config['init_from'])}` (init_from; epochs and "
                  "time below are the fine-tuning's)", **train}
     return train

@@ -133,10 +133,10 @@ def negative_clips(
     for root in roots:
         _, spoken = spoken_word_clips(root, "--negatives")
         found = [(path, word) for path, word in spoken if word not in keywords]
-        kept = [(path, word) for path, word in found if speaker_of(path.name) not in excluded]
         if not found:
             raise ValueError(f"{root}: no clip of a word other than {list(keywords)} "
                              "(--negatives)")
+        kept = [(path, word) for path, word in found if speaker_of(path.name) not in excluded]
         if not kept:
             raise ValueError(f"{root}: no clip of a word other than {list(keywords)} by a "
                              f"speaker the model has not heard ({len(found)} such clips, all "

@@ -292,6 +292,15 @@ def init_weights(module: KWSLightningModule, path: str | Path,
     if spotter.frontend.config != mine.frontend.config:
         raise ValueError(f"init_from {path}: its features {spotter.frontend.config} differ "
                          f"from this run's {mine.frontend.config}")
+    trained_on = set((meta.get("split") or {}).get("speakers", {}).get("train", []))
+    leaked = sorted(trained_on & {spk for split in ("val", "test")
+                                  for spk in split_manifest.get("speakers", {}).get(split, [])})
+    if leaked:
+        raise ValueError(
+            f"init_from {path}: it trained on {len(leaked)} speaker(s) that this run holds out "
+            f"for validation or test (e.g. {leaked[0]}); fine-tune on the split it was trained "
+            "with"
+        )
     try:
         mine.load_state_dict(spotter.state_dict(), strict=True)
     except RuntimeError as err:
@@ -302,15 +311,6 @@ def init_weights(module: KWSLightningModule, path: str | Path,
         raise ValueError(f"init_from {path}: its model does not fit this run's model section ("
                          + ("; ".join(differ) or str(err).splitlines()[0])
                          + "); set the same with --set") from err
-    trained_on = set((meta.get("split") or {}).get("speakers", {}).get("train", []))
-    held_out = {spk for split in ("val", "test")
-                for spk in split_manifest.get("speakers", {}).get(split, [])}
-    if trained_on & held_out:
-        raise ValueError(
-            f"init_from {path}: it trained on {len(trained_on & held_out)} speaker(s) that this "
-            f"run holds out for validation or test (e.g. {sorted(trained_on & held_out)[0]}); "
-            "fine-tune on the split it was trained with"
-        )
 
 
 def quiet_known_warnings(resuming: bool) -> None:
@@ -349,11 +349,10 @@ def train(
     L.seed_everything(config["seed"], workers=True, verbose=False)
     datamodule = SpeechCommandsDataModule(config)
     datamodule.setup("fit")
-    module = KWSLightningModule(
-        config, datamodule.labels, config["data"]["task"], datamodule.split_manifest()
-    )
+    manifest = datamodule.split_manifest()
+    module = KWSLightningModule(config, datamodule.labels, config["data"]["task"], manifest)
     if config["init_from"] is not None and ckpt_path is None:
-        init_weights(module, config["init_from"], datamodule.split_manifest())
+        init_weights(module, config["init_from"], manifest)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(dump_config(config))
     trainer, best_callback = build_trainer(config, out_dir, callbacks)
