@@ -874,7 +874,7 @@ def test_bench_prints_what_the_highest_thresholds_false_alarms_heard(capsys):
                           row(0.95, {})]}
     print_bench(report)
     out = capsys.readouterr().out
-    assert ("false alarms at 0.90 (keyword fired <- word heard; 5 on ? distinct clips): "
+    assert ("false alarms at 0.9 (keyword fired <- word heard; 5 on ? distinct clips): "
             "go <- no 2, off <- dog 2, off <- up 1\n") in out
     assert "cat" not in out
 

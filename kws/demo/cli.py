@@ -17,13 +17,12 @@ from kws.demo import DetectorFactory
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    from kws.streaming.cli import add_detector_options
+    from kws.streaming.cli import THRESHOLD_HELP, add_detector_options
 
     parser.add_argument("--model", type=Path, default=None,
                         help="an exported .onnx (its .json sidecar beside it) or a .pt "
                         "checkpoint (default: the first export/*mfcc*s4*stream*.onnx)")
-    parser.add_argument("--threshold", type=float, default=0.8,
-                        help="posterior threshold of every keyword (default 0.8)")
+    parser.add_argument("--threshold", type=float, default=None, help=THRESHOLD_HELP)
     parser.add_argument("--keyword-threshold", action="append", default=[], metavar="WORD=T",
                         help="a threshold for one keyword, e.g. --keyword-threshold yes=0.9")
     parser.add_argument("--stand-in", default=None, metavar="WORDS",
@@ -65,14 +64,15 @@ def open_detector_factory(args: argparse.Namespace) -> tuple[DetectorFactory, st
     """One detector per microphone from the shared options; and a name for what runs."""
     from kws.demo import StandInBackend, default_model, detector_factory
     from kws.streaming.backends import StepBackend, open_backend
-    from kws.streaming.cli import parse_keyword_thresholds
+    from kws.streaming.cli import detector_threshold, open_verifier, parse_keyword_thresholds
 
     if args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
     backend: StepBackend
     if args.stand_in is not None:
-        if args.model is not None:
-            raise UserError("--stand-in runs instead of a model: give --model or --stand-in")
+        if args.model is not None or args.verifier is not None:
+            raise UserError("--stand-in runs instead of a model: give --model (and "
+                            "--verifier) or --stand-in")
         chunk_ms = 10.0 if args.chunk_ms is None else args.chunk_ms
         backend = StandInBackend(args.stand_in.split(","), chunk_ms=chunk_ms)
         name = f"stand-in for a model (loud sounds are {', '.join(backend.script)})"
@@ -82,11 +82,14 @@ def open_detector_factory(args: argparse.Namespace) -> tuple[DetectorFactory, st
                                copies=args.copies)
         name = str(model)
     factory = detector_factory(
-        backend, threshold=args.threshold,
+        backend, threshold=detector_threshold(args),
         thresholds=parse_keyword_thresholds(args.keyword_threshold),
         smoothing_ms=args.smoothing_ms, refractory_ms=args.refractory_ms, hold_ms=args.hold_ms,
         reset_period_s=args.reset_period, copies=args.copies,
+        verifier=open_verifier(args, backend.sample_rate),
     )
+    if args.verifier is not None:
+        name += f", verified by {args.verifier}"
     return factory, name
 
 

@@ -34,9 +34,23 @@ def reset_period(text: str) -> float | str | None:
     return seconds or None
 
 
+THRESHOLD_HELP = ("posterior threshold of every keyword (default 0.8; with --verifier 0.5, "
+                  "and the verifier decides)")
+
+
+def detector_threshold(args: argparse.Namespace) -> float:
+    """``--threshold``, or its default: 0.8 alone, lower when a verifier checks the candidates."""
+    from kws.streaming.engine import DEFAULT_THRESHOLD
+    from kws.streaming.verifier import DEFAULT_CANDIDATE_THRESHOLD
+
+    if args.threshold is not None:
+        return args.threshold
+    return DEFAULT_THRESHOLD if args.verifier is None else DEFAULT_CANDIDATE_THRESHOLD
+
+
 def add_detector_options(parser: argparse.ArgumentParser) -> None:
     """The options shared by every command that runs a StreamingDetector."""
-    from kws.streaming import engine
+    from kws.streaming import engine, verifier
 
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for onnxruntime / torch (default 1)")
@@ -57,9 +71,34 @@ def add_detector_options(parser: argparse.ArgumentParser) -> None:
                              "full window: twice the window with 2 copies")
     parser.add_argument("--copies", type=int, default=engine.DEFAULT_COPIES,
                         help=f"staggered state copies (default {engine.DEFAULT_COPIES})")
+    parser.add_argument("--verifier", default=None, metavar="MODEL",
+                        help="a second stage: a clip model (a .onnx from `kws export` without "
+                        "--streaming, or a .pt; a,b averages several) that scores the window "
+                        "after each candidate; the event fires only if its posterior for the "
+                        "keyword reaches --verify-threshold")
+    parser.add_argument("--verify-threshold", type=float,
+                        default=verifier.DEFAULT_VERIFY_THRESHOLD,
+                        help="the verifier's posterior an event needs "
+                        f"(default {verifier.DEFAULT_VERIFY_THRESHOLD:g})")
+    parser.add_argument("--verify-delay-ms", type=float,
+                        default=verifier.DEFAULT_VERIFY_DELAY_MS,
+                        help="the verifier's window ends this long after the candidate; added "
+                        f"latency (default {verifier.DEFAULT_VERIFY_DELAY_MS:g})")
+
+
+def open_verifier(args: argparse.Namespace, sample_rate: int):
+    """The ``--verifier`` options as a ``Verifier`` for a stream at ``sample_rate``, or None."""
+    from kws.streaming.verifier import Verifier, open_clip_scorer
+
+    if args.verifier is None:
+        return None
+    scorer = open_clip_scorer(args.verifier, sample_rate, threads=args.threads)
+    return Verifier(scorer, args.verify_threshold, args.verify_delay_ms)
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    from kws.streaming import verifier
+
     stream = subparsers.add_parser(
         "stream", help="keyword events in an audio file of any length",
         description="Run the streaming detector over an audio file (resampled to the model's "
@@ -71,8 +110,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     stream.add_argument("model", type=Path, metavar="MODEL")
     stream.add_argument("file", type=Path, metavar="FILE")
     stream.add_argument("--json", action="store_true", help="print one JSON object per event")
-    stream.add_argument("--threshold", type=float, default=0.8,
-                        help="posterior threshold of every keyword (default 0.8)")
+    stream.add_argument("--threshold", type=float, default=None,
+                        help=THRESHOLD_HELP)
     stream.add_argument("--keyword-threshold", action="append", default=[], metavar="WORD=T",
                         help="a threshold for one keyword, e.g. --keyword-threshold yes=0.9")
     add_thresholds_file_option(stream)
@@ -106,6 +145,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                        help="also choose per-keyword thresholds that keep false alarms on this "
                        "stream within FA_PER_HOUR (use --split val, then score the test "
                        "stream with --keyword-thresholds on the --json report)")
+    bench.add_argument("--candidate-threshold", type=float,
+                       default=verifier.DEFAULT_CANDIDATE_THRESHOLD,
+                       help="with --verifier: the detector's threshold, which opens the "
+                       "candidates the verifier checks; --thresholds are then the verifier's "
+                       f"(default {verifier.DEFAULT_CANDIDATE_THRESHOLD:g})")
     add_thresholds_file_option(bench)
     add_detector_options(bench)
     bench.set_defaults(handler=run_bench_stream)
@@ -173,8 +217,9 @@ def parse_keyword_thresholds(items: list[str]) -> dict[str, float]:
     return out
 
 
-def make_detector(args: argparse.Namespace, threshold: float, **options: Any):
-    """Backend and detector from the shared options."""
+def make_detector(args: argparse.Namespace, threshold: float, verify: bool = True,
+                  **options: Any):
+    """Backend and detector from the shared options (with ``--verifier`` unless not ``verify``)."""
     from kws.streaming.backends import open_backend
     from kws.streaming.engine import StreamingDetector
 
@@ -185,7 +230,8 @@ def make_detector(args: argparse.Namespace, threshold: float, **options: Any):
     return StreamingDetector(
         backend, threshold=threshold, smoothing_ms=args.smoothing_ms,
         refractory_ms=args.refractory_ms, reset_period_s=args.reset_period,
-        copies=args.copies, hold_ms=args.hold_ms, **options,
+        copies=args.copies, hold_ms=args.hold_ms,
+        verifier=open_verifier(args, backend.sample_rate) if verify else None, **options,
     )
 
 
@@ -209,7 +255,7 @@ def run_stream(args: argparse.Namespace) -> int:
 
     thresholds = read_thresholds_file(args.keyword_thresholds)
     thresholds.update(parse_keyword_thresholds(args.keyword_threshold))
-    detector = make_detector(args, args.threshold, thresholds=thresholds)
+    detector = make_detector(args, detector_threshold(args), thresholds=thresholds)
     if not args.file.is_file():
         raise UserError(f"{args.file}: no such audio file")
 
@@ -218,11 +264,13 @@ def run_stream(args: argparse.Namespace) -> int:
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
                               for k, v in event.to_dict().items()}), flush=True)
         else:
+            candidate = "" if event.candidate_score is None else f" {event.candidate_score:9.3f}"
             print(f"{event.keyword:<12} {event.start_s:9.2f} {event.end_s:9.2f} "
-                  f"{event.score:6.3f}", flush=True)
+                  f"{event.score:6.3f}{candidate}", flush=True)
 
     if not args.json:
-        print(f"{'keyword':<12} {'start_s':>9} {'end_s':>9} {'score':>6}")
+        verified = f" {'candidate':>9}" if detector.verifier is not None else ""
+        print(f"{'keyword':<12} {'start_s':>9} {'end_s':>9} {'score':>6}{verified}")
     started = time.perf_counter()
     events = []
     for block in file_blocks(args.file, detector.sample_rate):
@@ -244,6 +292,8 @@ def run_bench_stream(args: argparse.Namespace) -> int:
     from kws.data.speech_commands import find_data_root
     from kws.streaming.engine import decode_trace
     from kws.streaming.longstream import (
+        CURVE_GRID,
+        best_within,
         calibrate_thresholds,
         operating_curve,
         record_long_stream,
@@ -256,8 +306,18 @@ def run_bench_stream(args: argparse.Namespace) -> int:
     if args.calibrate is not None and args.calibrate <= 0:
         raise UserError(f"--calibrate must be a positive number of false alarms per hour, "
                         f"got {args.calibrate:g}")
-    detector = make_detector(args, thresholds[0], record=True)
+    if args.verifier is not None and (args.calibrate is not None or from_file):
+        raise UserError("--calibrate and --keyword-thresholds set the detector's per-keyword "
+                        "thresholds; with --verifier the sweep is over the verifier's "
+                        "threshold: pick it on a --split val stream instead")
+    if args.verifier is not None and not 0 < args.candidate_threshold <= 1:
+        raise UserError(f"--candidate-threshold must be in (0, 1], got "
+                        f"{args.candidate_threshold}")
+    detector = make_detector(args, thresholds[0], verify=False, record=True)
     backend = detector.backend
+    verifier = open_verifier(args, detector.sample_rate)
+    if verifier is not None:  # fails now, naming both models, not after the stream has run
+        verifier.check_stream(detector.labels, detector.sample_rate)
     unknown = sorted(set(from_file) - set(detector.labels))
     if unknown:  # found now, not after the whole stream has run
         raise UserError(f"--keyword-thresholds {args.keyword_thresholds}: {unknown} are not "
@@ -273,6 +333,21 @@ def run_bench_stream(args: argparse.Namespace) -> int:
                               threshold=threshold, thresholds=per_keyword, **timing)
         return score_events(events, stream.placements, stream.duration_s, args.tolerance)
 
+    curve = operating_curve(trace, detector.labels, detector.chunk_s, backend.window_s,
+                            stream.placements, stream.duration_s, args.tolerance, **timing)
+    verification = None
+    if verifier is not None:
+        detector_alone = {"results": [{"threshold": t, **scored(t)} for t in thresholds],
+                          "best_within": curve}
+        verification, verified = verify_stream(args, verifier, detector, trace, stream, timing)
+
+        def scored(threshold: float, per_keyword: dict[str, float] | None = None
+                   ) -> dict[str, Any]:
+            events = [e for e in verified if e.score >= threshold]
+            return score_events(events, stream.placements, stream.duration_s, args.tolerance)
+
+        curve = best_within([{"threshold": float(t), **scored(t)} for t in CURVE_GRID])
+        verification["detector_alone"] = detector_alone
     results = [{"threshold": t, **scored(t)} for t in thresholds]
     calibration = None
     if from_file:
@@ -303,16 +378,42 @@ def run_bench_stream(args: argparse.Namespace) -> int:
         "elapsed_s": elapsed,
         "real_time_factor": elapsed / stream.duration_s,
         "results": results,
-        "best_within": operating_curve(trace, detector.labels, detector.chunk_s,
-                                       backend.window_s, stream.placements, stream.duration_s,
-                                       args.tolerance, **timing),
+        "best_within": curve,
         "calibration": calibration,
+        "verifier": verification,
     }
     print_bench(report)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     return 0
+
+
+def verify_stream(args: argparse.Namespace, verifier: Any, detector: Any, trace: Any,
+                  stream: Any, timing: dict[str, float]) -> tuple[dict[str, Any], list[Any]]:
+    """The detector's candidates at ``--candidate-threshold`` on the recorded stream, each
+    scored by the verifier as the cascade would (``verify_offline``); and what that cost."""
+    from kws.streaming.engine import decode_trace
+    from kws.streaming.verifier import verify_offline
+
+    candidates = decode_trace(trace, detector.labels, detector.chunk_s, detector.backend.window_s,
+                              threshold=args.candidate_threshold, **timing)
+    cache: dict[int, Any] = {}
+    started = time.perf_counter()
+    verified = verify_offline(candidates, stream.audio, detector.chunk_s,
+                              detector.chunk_samples, verifier, cache, batch=1)  # as live
+    elapsed = time.perf_counter() - started
+    return {
+        "model": str(args.verifier),
+        "delay_ms": verifier.delay_ms,
+        "delay_chunks": verifier.delay_chunks(detector.chunk_s),
+        "candidate_threshold": args.candidate_threshold,
+        "candidates": len(candidates),
+        "elapsed_s": elapsed,
+        "windows": len(cache),
+        "seconds_per_window": elapsed / max(len(cache), 1),
+        "real_time_factor": elapsed / stream.duration_s,
+    }, verified
 
 
 def print_bench(report: dict[str, Any]) -> None:
@@ -323,10 +424,16 @@ def print_bench(report: dict[str, Any]) -> None:
           f"{s['keywords']} keywords ({s.get('distinct_keyword_clips', '?')} distinct clips), "
           f"{s['unknown_words']} other words ({s.get('distinct_other_clips', '?')} distinct); "
           f"real-time factor {report['real_time_factor']:.4f} on {report['threads']} thread(s)")
+    verification = report.get("verifier")
+    if verification:
+        print(f"verifier {verification['model']}: {verification['candidates']} candidates of the "
+              f"detector at {verification['candidate_threshold']:g}, window ending "
+              f"{verification['delay_ms']:g} ms after each; real-time factor "
+              f"{verification['real_time_factor']:.4f}. The thresholds below are the verifier's.")
     print(f"{'threshold':>9} {'hit rate':>8} {'FA/hour':>8} {'latency median':>15} {'p90':>6}"
           "   false alarms on: other keyword / same keyword again / other word / noise")
     for r in report["results"]:
-        name = f"{r['threshold']:>9.2f}" if r["threshold"] is not None else "per-keyword"
+        name = f"{r['threshold']:>9g}" if r["threshold"] is not None else "per-keyword"
         median = "-" if r["latency_median_s"] is None else f"{r['latency_median_s']:+.2f} s"
         p90 = "-" if r["latency_p90_s"] is None else f"{r['latency_p90_s']:+.2f}"
         causes = " / ".join(str(n) for n in r["false_alarm_causes"].values())
@@ -338,14 +445,19 @@ def print_bench(report: dict[str, Any]) -> None:
         top = max(with_alarms, key=lambda r: r["threshold"])
         pairs = sorted(((n, fired, word) for fired, words in top["false_alarm_words"].items()
                         for word, n in words.items()), key=lambda x: (-x[0], x[1], x[2]))
-        print(f"false alarms at {top['threshold']:.2f} (keyword fired <- word heard; "
+        print(f"false alarms at {top['threshold']:g} (keyword fired <- word heard; "
               f"{top['false_alarms']} on {top.get('false_alarm_clips', '?')} distinct clips): "
               + ", ".join(f"{fired} <- {word} {n}" for n, fired, word in pairs))
-    points = [f"{p['hit_rate']:.1%} at <= {p['fa_per_hour_at_most']:g}"
-              for p in report.get("best_within", []) if p["hit_rate"] is not None]
-    if points:
+    def points(curve: list[dict[str, Any]]) -> str:
+        return ", ".join(f"{p['hit_rate']:.1%} at <= {p['fa_per_hour_at_most']:g}"
+                         for p in curve if p["hit_rate"] is not None)
+
+    if points(report.get("best_within", [])):
         print(f"best hit rate per false-alarm budget (FA/hour; {CURVE_GRID_TEXT}): "
-              + ", ".join(points))
+              + points(report["best_within"]))
+    if verification and points(verification["detector_alone"]["best_within"]):
+        print("the detector alone, same stream: "
+              + points(verification["detector_alone"]["best_within"]))
     for r in report["results"]:
         if r["threshold"] is None:
             shown = " ".join(f"{k}={v:g}" for k, v in r["thresholds"].items())

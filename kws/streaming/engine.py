@@ -67,11 +67,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kws.streaming.backends import NON_KEYWORDS, StepBackend, softmax
+
+if TYPE_CHECKING:
+    from kws.streaming.verifier import Verifier
 
 DEFAULT_THRESHOLD = 0.8
 DEFAULT_SMOOTHING_MS = 100.0
@@ -85,15 +88,21 @@ DEFAULT_COPIES = 2
 
 @dataclass(frozen=True)
 class Event:
-    """A detected keyword: fired at ``end_s``; ``start_s`` is where the model's window began."""
+    """A detected keyword: fired at ``end_s``; ``start_s`` is where the model's window began.
+
+    With a verifier (``kws.streaming.verifier``) ``score`` is the verifier's posterior
+    and ``candidate_score`` the detector's; without one ``candidate_score`` is None.
+    """
 
     keyword: str
     start_s: float
     end_s: float
     score: float
+    candidate_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items()
+                if v is not None or k != "candidate_score"}
 
 
 class ResetSchedule:
@@ -337,6 +346,7 @@ class StreamingDetector:
         on_event: Callable[[Event], None] | None = None,
         record: bool = False,
         hold_ms: float = DEFAULT_HOLD_MS,
+        verifier: Verifier | None = None,
     ):
         self.backend = backend
         self.labels = list(backend.labels)
@@ -369,6 +379,11 @@ class StreamingDetector:
             raise ValueError(f"{err}; for this model that is {shortest:g} s or more, which "
                              f"reset_period_s={AUTO!r} picks") from None
         self.on_event, self.record = on_event, record
+        #: the second stage that checks each candidate (``kws.streaming.verifier``), or None
+        self.verifier = verifier
+        if verifier is not None:
+            verifier.check_stream(self.labels, self.sample_rate)
+            self._delay_chunks = verifier.delay_chunks(self.chunk_s)
         self.reset()
 
     def reset(self) -> None:
@@ -380,6 +395,11 @@ class StreamingDetector:
         self.raw_posteriors = np.zeros(len(self.labels))
         self.chunks_done = 0
         self._trace: list[np.ndarray] = []
+        #: candidates awaiting the verifier: (event, chunk at which its window ends)
+        self._waiting: list[tuple[Event, int]] = []
+        #: the last clip of audio, for the verifier's window (zeros before the stream)
+        self._recent = np.zeros(self.verifier.scorer.clip_samples if self.verifier else 0,
+                                np.float32)
 
     @property
     def time_s(self) -> float:
@@ -417,10 +437,17 @@ class StreamingDetector:
         if self.pending.size:
             events = self.feed(np.zeros(self.chunk_samples - self.pending.size, np.float32))
         last = self.decoder.finish(self.time_s)
+        if last is not None and self.verifier is not None:
+            self._waiting.append((last, self.chunks_done + self._delay_chunks))
+            last = None
         if last is not None:
             if self.on_event is not None:
                 self.on_event(last)
             events.append(last)
+        while self._waiting:  # windows that run past the end are zero-padded
+            verified = self._verify_next()
+            if verified is not None:
+                events.append(verified)
         return events
 
     def process(self, audio: Any, block: int | None = None) -> list[Event]:
@@ -450,6 +477,28 @@ class StreamingDetector:
             self._trace.append(self.raw_posteriors)
         self.chunks_done += 1
         event = self.decoder.update(self.raw_posteriors, self.time_s)
+        if self.verifier is not None:
+            self._recent = np.concatenate([self._recent[chunk.size :], chunk])
+            if event is not None:
+                self._waiting.append((event, self.chunks_done + self._delay_chunks))
+            # candidates are whole chunks apart, so at most one is due per chunk
+            if not self._waiting or self._waiting[0][1] > self.chunks_done:
+                return None
+            return self._verify_next()
         if event is not None and self.on_event is not None:
+            self.on_event(event)
+        return event
+
+    def _verify_next(self) -> Event | None:
+        """Score the oldest waiting candidate; the verified event, or None if rejected."""
+        candidate, end_chunk = self._waiting.pop(0)
+        verifier = self.verifier
+        ahead = (end_chunk - self.chunks_done) * self.chunk_samples  # > 0 only in flush
+        window = verifier.window(self._recent, self._recent.size + ahead)
+        score = verifier.keyword_score(verifier.posteriors(window[None])[0], candidate.keyword)
+        if score < verifier.threshold:
+            return None
+        event = verifier.verified(candidate, score, end_chunk, self.chunk_s)
+        if self.on_event is not None:
             self.on_event(event)
         return event

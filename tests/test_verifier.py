@@ -1,0 +1,230 @@
+"""The two-stage cascade: a clip model verifies each candidate of the streaming detector."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tone
+from test_streaming import LABELS, RATE, ScriptedBackend, run_cli, silence, tiny_spotter
+
+from kws.streaming.engine import StreamingDetector, decode_trace
+from kws.streaming.verifier import (
+    ClipScorer,
+    OnnxClipScorer,
+    TorchClipScorer,
+    Verifier,
+    open_clip_scorer,
+    verify_offline,
+)
+
+
+class LoudnessScorer(ClipScorer):
+    """Every keyword's posterior is the window's peak amplitude: a window that holds the
+    (loud) word passes, one of silence does not."""
+
+    name = "loudness"
+    sample_rate, clip_samples, labels = RATE, RATE, list(LABELS)
+
+    def __init__(self):
+        self.windows: list[np.ndarray] = []
+
+    def posteriors(self, windows: np.ndarray) -> np.ndarray:
+        self.windows += list(windows)
+        peak = np.abs(windows).max(axis=1)
+        out = np.zeros((len(windows), len(self.labels)))
+        out[:, :3] = peak[:, None]
+        out[:, 3] = 1 - peak
+        return out
+
+
+#: yes and no are spoken (loud tones in the audio), stop is only in the scripted logits
+BURSTS = [("yes", 1.0, 1.6), ("stop", 3.5, 4.0), ("no", 6.0, 6.6)]
+
+
+def spoken_audio(seconds: float = 8.0) -> np.ndarray:
+    audio = silence(seconds)
+    for start in (1.2, 6.2):
+        audio[round(start * RATE) : round((start + 0.3) * RATE)] = tone(500, 0.3, amp=0.9)
+    return audio
+
+
+def cascade(verifier: Verifier, **options) -> StreamingDetector:
+    options.setdefault("reset_period_s", None)
+    return StreamingDetector(ScriptedBackend(BURSTS), threshold=0.8, smoothing_ms=50,
+                             verifier=verifier, **options)
+
+
+def test_the_verifier_keeps_the_candidates_whose_window_holds_the_word():
+    alone = StreamingDetector(ScriptedBackend(BURSTS), threshold=0.8, smoothing_ms=50,
+                              reset_period_s=None).process(spoken_audio())
+    assert [e.keyword for e in alone] == ["yes", "stop", "no"]
+    scorer = LoudnessScorer()
+    heard = []
+    events = cascade(Verifier(scorer, threshold=0.5, delay_ms=400),
+                     on_event=heard.append).process(spoken_audio(), block=777)
+    assert [e.keyword for e in events] == ["yes", "no"] and heard == events
+    for event, candidate in zip(events, [alone[0], alone[2]], strict=True):
+        assert event.end_s == pytest.approx(candidate.end_s + 0.4, abs=1e-9)  # the delay
+        assert event.start_s == pytest.approx(event.end_s - 1.0, abs=1e-9)  # its window
+        assert event.score == pytest.approx(0.9, abs=1e-3)
+        assert event.candidate_score == pytest.approx(candidate.score)
+        assert "candidate_score" in event.to_dict()
+    assert "candidate_score" not in alone[0].to_dict()
+    # each window ended exactly where the event says: its last samples are the audio's there
+    audio = spoken_audio()
+    assert len(scorer.windows) == 3
+    for window, candidate in zip(scorer.windows, alone, strict=True):
+        end = round((candidate.end_s + 0.4) * RATE)
+        np.testing.assert_array_equal(window, audio[end - RATE : end])
+    # a delay shorter than the lead before the word: the window misses it, nothing fires
+    assert cascade(Verifier(LoudnessScorer(), 0.5, delay_ms=0)).process(spoken_audio()) == []
+
+
+@pytest.mark.parametrize("delay_ms", [0.0, 250.0, 400.0, 900.0])
+def test_streaming_cascade_equals_the_offline_one(delay_ms):
+    """What ``kws bench stream --verifier`` computes from a recorded trace is what the
+    detector fires live, in any block size, including windows that run past the end."""
+    audio = spoken_audio(6.8)  # "no" fires at 6.04: a 0.9-s delay runs past the end
+    verifier = Verifier(LoudnessScorer(), threshold=0.5, delay_ms=delay_ms)
+    live = cascade(verifier, record=True)
+    events = live.process(audio, block=1013)
+    candidates = decode_trace(live.trace(), LABELS, live.chunk_s, 1.0, threshold=0.8,
+                              smoothing_ms=50)
+    offline = [e for e in verify_offline(candidates, audio, live.chunk_s, live.chunk_samples,
+                                         Verifier(LoudnessScorer(), 0.5, delay_ms))
+               if e.score >= 0.5]
+    assert [(e.keyword, e.start_s, e.end_s, e.score) for e in events] == [
+        (e.keyword, e.start_s, e.end_s, e.score) for e in offline]
+    # the detector's score: a running mean live, a cumulative sum offline
+    np.testing.assert_allclose([e.candidate_score for e in events],
+                               [e.candidate_score for e in offline], rtol=1e-12)
+    if delay_ms == 900.0:  # decided in flush, the window zero-padded past the end
+        assert [e.keyword for e in events] == ["yes", "no"]
+        assert events[-1].end_s == pytest.approx(6.94) and audio.size / RATE == 6.8
+
+
+def test_a_rejected_candidate_still_starts_the_refractory_period():
+    bursts = [("stop", 1.0, 1.3), ("yes", 1.5, 2.0)]  # yes rises inside stop's quiet second
+    audio = silence(4.0)
+    audio[round(1.6 * RATE) : round(1.9 * RATE)] = tone(500, 0.3, amp=0.9)
+    detector = StreamingDetector(ScriptedBackend(bursts), threshold=0.8, smoothing_ms=50,
+                                 reset_period_s=None,
+                                 verifier=Verifier(LoudnessScorer(), 0.95, delay_ms=0))
+    # stop's window (ending 1.04 s) is silent: rejected; yes never became a candidate
+    assert detector.process(audio) == []
+
+
+def test_verifier_settings_and_mismatches_fail_clearly(tmp_path):
+    with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\]"):
+        Verifier(LoudnessScorer(), threshold=0.0)
+    with pytest.raises(ValueError, match="delay must be >= 0"):
+        Verifier(LoudnessScorer(), delay_ms=-1)
+    other = LoudnessScorer()
+    other.labels = ["yes", "_unknown_", "_silence_"]
+    with pytest.raises(ValueError, match=r"no output for the detector's keyword\(s\) \['no', "
+                       r"'stop'\]"):
+        cascade(Verifier(other))
+    slow = LoudnessScorer()
+    slow.sample_rate = 8000
+    with pytest.raises(ValueError, match="scores 8000 Hz audio, the detector runs at 16000"):
+        cascade(Verifier(slow))
+    with pytest.raises(FileNotFoundError, match="none.onnx: no such verifier"):
+        open_clip_scorer(tmp_path / "none.onnx", RATE)
+    (tmp_path / "v.txt").write_text("x")
+    with pytest.raises(ValueError, match="a verifier is an exported clip .onnx"):
+        open_clip_scorer(tmp_path / "v.txt", RATE)
+
+
+@pytest.fixture(scope="module")
+def tiny_verifier(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(checkpoint, clip export, streaming export) of one tiny MFCC LSTM."""
+    from kws.export.onnx_export import export_spotter
+    from kws.training.checkpoint import save_spotter
+
+    folder = tmp_path_factory.mktemp("verifier")
+    spotter = tiny_spotter()
+    ckpt = save_spotter(folder / "tiny.pt", spotter,
+                        {"task": "toy", "split": {}, "train": {}, "metrics": {}})
+    for name, streaming in (("clip", False), ("stream", True)):
+        export_spotter(spotter, folder / f"{name}.onnx", streaming=streaming, chunk_ms=10.0,
+                       source_checkpoint=str(ckpt), check_audio=(tone(seconds=1.0), "tone"))
+    return ckpt, folder / "clip.onnx", folder / "stream.onnx"
+
+
+def test_clip_export_and_checkpoint_verify_alike(tiny_verifier, rng):
+    ckpt, clip, stream = tiny_verifier
+    windows = (0.3 * rng.standard_normal((5, RATE))).astype(np.float32)
+    windows[0] = tone(700, 1.0)
+    onnx, torch_ = open_clip_scorer(clip, RATE), open_clip_scorer(ckpt, RATE)
+    assert isinstance(onnx, OnnxClipScorer) and isinstance(torch_, TorchClipScorer)
+    np.testing.assert_allclose(onnx.posteriors(windows), torch_.posteriors(windows), atol=1e-5)
+    both = open_clip_scorer(f"{clip},{ckpt}", RATE)
+    np.testing.assert_allclose(both.posteriors(windows), onnx.posteriors(windows), atol=1e-5)
+    with pytest.raises(ValueError, match="'streaming' export; a verifier is a clip model"):
+        open_clip_scorer(stream, RATE)
+    with pytest.raises(ValueError, match="a clip model for 16000 Hz, but the stream runs at "
+                       "8000 Hz; export it with --rate 8000"):
+        open_clip_scorer(clip, 8000)
+    assert open_clip_scorer(ckpt, 8000).clip_samples == 8000  # a checkpoint serves any rate
+
+
+def test_kws_stream_and_bench_with_a_verifier(tiny_verifier, dev_root, tmp_path, capsys):
+    from kws.data.audio import save_audio
+
+    ckpt, clip, stream = tiny_verifier
+    wav = tmp_path / "a.wav"
+    save_audio(wav, np.concatenate([silence(0.5), tone(300, 0.7), silence(1.0)]), RATE)
+    code, out, err = run_cli(["stream", str(stream), str(wav), "--threshold", "0.05",
+                              "--verifier", str(clip), "--verify-threshold", "0.01"], capsys)
+    assert code == 0, err
+    assert out.splitlines()[0].split() == ["keyword", "start_s", "end_s", "score", "candidate"]
+    assert len(out.splitlines()) > 1  # every candidate passes a 0.01 verifier
+
+    # With no delay the cascade fires a subset of the candidates, on their own windows: a
+    # verifier threshold every window passes gives back the detector's own score.
+    report_path = tmp_path / "bench.json"
+    code, stdout, err = run_cli(
+        ["bench", "stream", "--model", str(stream), "--data", str(dev_root), "--minutes", "0.5",
+         "--seed", "3", "--thresholds", "0.001,0.3,0.6", "--candidate-threshold", "0.3",
+         "--verifier", str(clip), "--verify-delay-ms", "0", "--json", str(report_path)], capsys)
+    assert code == 0, err
+    report = json.loads(report_path.read_text())
+    verification = report["verifier"]
+    assert verification["model"] == str(clip) and verification["candidate_threshold"] == 0.3
+    alone = verification["detector_alone"]["results"]
+    assert [r["threshold"] for r in alone] == [0.001, 0.3, 0.6]
+    assert verification["candidates"] == alone[1]["hits"] + alone[1]["false_alarms"]
+    everything = report["results"][0]
+    assert (everything["hits"], everything["false_alarms"]) == (alone[1]["hits"],
+                                                                alone[1]["false_alarms"])
+    for row in report["results"][1:]:
+        assert row["hits"] <= everything["hits"]
+        assert row["false_alarms"] <= everything["false_alarms"]
+    assert "thresholds below are the verifier's" in stdout and "the detector alone" in stdout
+    # the delay moves every event later by whole chunks
+    code, _, err = run_cli(
+        ["bench", "stream", "--model", str(stream), "--data", str(dev_root), "--minutes", "0.5",
+         "--seed", "3", "--thresholds", "0.001", "--candidate-threshold", "0.3",
+         "--verifier", str(ckpt), "--verify-delay-ms", "250", "--json", str(report_path)],
+        capsys)
+    assert code == 0, err
+    delayed = json.loads(report_path.read_text())
+    assert delayed["verifier"]["delay_chunks"] == 25
+    if everything["latency_median_s"] is not None and delayed["results"][0]["hits"]:
+        assert delayed["results"][0]["latency_median_s"] > everything["latency_median_s"]
+    code, _, err = run_cli(["bench", "stream", "--model", str(stream), "--data", str(dev_root),
+                            "--verifier", str(clip), "--calibrate", "10"], capsys)
+    assert code != 0 and "with --verifier the sweep is over the verifier's" in err
+
+
+def test_the_detector_threshold_defaults_lower_when_a_verifier_decides():
+    from argparse import Namespace
+
+    from kws.streaming.cli import detector_threshold
+
+    assert detector_threshold(Namespace(threshold=None, verifier=None)) == 0.8
+    assert detector_threshold(Namespace(threshold=None, verifier="v.onnx")) == 0.5
+    assert detector_threshold(Namespace(threshold=0.7, verifier="v.onnx")) == 0.7
