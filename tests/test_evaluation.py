@@ -596,6 +596,12 @@ def test_model_card_lists_the_models_streaming_exports_and_their_measurements(tm
         "model": "export/m_stream_8k.onnx", "split": "test", "stream": {"duration_s": 3600.0},
         "negatives": [str(REPO.parent / "shared/data/more")],
         "results": [{"threshold": 0.9, "hit_rate": 0.574, "false_alarms_per_hour": 11.0}]}))
+    # a cascade: this export's candidates checked by a clip model (kws bench stream --verifier)
+    (tmp_path / "results" / "bench_stream_verified.json").write_text(json.dumps({
+        "model": "export/m_stream_8k.onnx", "split": "test", "stream": {"duration_s": 3600.0},
+        "verifier": {"model": "export/v_clip.onnx", "candidate_threshold": 0.5,
+                     "delay_ms": 400.0},
+        "results": [{"threshold": 0.9, "hit_rate": 0.422, "false_alarms_per_hour": 1.0}]}))
     (tmp_path / "results" / "bench_stream_broken.json").write_text("{not json")
     # a same-named candidate outside export/ (a study's run) is another model
     (tmp_path / "results" / "bench_stream_candidate.json").write_text(json.dumps({
@@ -606,7 +612,7 @@ def test_model_card_lists_the_models_streaming_exports_and_their_measurements(tm
 
     (fact,) = streaming_facts(checkpoint)
     assert fact["export"] == "export/m_stream_8k.onnx" and fact["chunk_ms"] == 20.0
-    assert fact["bytes"] == 250_000 and len(fact["speed"]) == 1 and len(fact["detection"]) == 3
+    assert fact["bytes"] == 250_000 and len(fact["speed"]) == 1 and len(fact["detection"]) == 4
     card = model_card(ModelRecord("m", {}, hand_entry("m", {16000: 0.9}), checkpoint))
     assert ("| `export/m_stream_8k.onnx` | 8000 Hz | 20 ms | 0.25 MB | 0.015 | 0.025 "
             "| results/bench_stream_speed.json |") in card
@@ -621,6 +627,9 @@ def test_model_card_lists_the_models_streaming_exports_and_their_measurements(tm
     assert "60.0% hits" not in card  # the ensemble without this export
     assert ("on a 60-min stream of test speakers and other words from `../shared/data/more` "
             "(results/bench_stream_neg.json): 0.9: 57.4% hits, 11 FA/h.") in card
+    assert ("Detection, `export/m_stream_8k.onnx` opening candidates at 0.5, each verified by "
+            "`export/v_clip.onnx` 400 ms later (verifier thresholds) on a 60-min stream of test "
+            "speakers (results/bench_stream_verified.json): 0.9: 42.2% hits, 1 FA/h.") in card
     # one row: not the 2-thread measurement, nothing of the other model's export
     assert len([line for line in card.splitlines() if line.startswith("| `export/")]) == 1
     assert streaming_facts(None) == []

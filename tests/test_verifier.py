@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -228,3 +229,57 @@ def test_the_detector_threshold_defaults_lower_when_a_verifier_decides():
     assert detector_threshold(Namespace(threshold=None, verifier=None)) == 0.8
     assert detector_threshold(Namespace(threshold=None, verifier="v.onnx")) == 0.5
     assert detector_threshold(Namespace(threshold=0.7, verifier="v.onnx")) == 0.7
+
+
+def test_verifier_settings_script_matches_kws_bench_stream(tiny_verifier, dev_root, tmp_path,
+                                                           capsys):
+    import importlib.util
+
+    ckpt, clip, stream = tiny_verifier
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "verifier_settings.py"
+    spec = importlib.util.spec_from_file_location("verifier_settings", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "settings.json"
+    assert bench.main(["--model", str(stream), "--verifiers", f"{clip},{ckpt}+{clip}",
+                       "--data", str(dev_root), "--split", "test", "--minutes", "0.5",
+                       "--seed", "3", "--delays", "0,400", "--candidates", "0.2,0.3",
+                       "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    rows = {(r["verifier"], r["delay_ms"], r["candidate_threshold"]): r
+            for r in report["settings"]}
+    assert len(rows) == 8 and "(the detector alone)" in table
+    # the checkpoint averaged with its own export is the export: the same curve
+    for delay, threshold in itertools.product((0.0, 400.0), (0.2, 0.3)):
+        assert rows[(str(clip), delay, threshold)]["best_within"] == rows[
+            (f"{ckpt}+{clip}", delay, threshold)]["best_within"]
+    # one setting, read again by kws bench stream --verifier on the same stream
+    code, _, err = run_cli(
+        ["bench", "stream", "--model", str(stream), "--data", str(dev_root), "--minutes", "0.5",
+         "--seed", "3", "--thresholds", "0.5", "--candidate-threshold", "0.3",
+         "--verifier", str(clip), "--verify-delay-ms", "400", "--json", str(out)], capsys)
+    assert code == 0, err
+    bench_report = json.loads(out.read_text())
+    assert bench_report["best_within"] == rows[(str(clip), 400.0, 0.3)]["best_within"]
+    assert bench_report["verifier"]["detector_alone"]["best_within"] == report[
+        "detector_alone"]["best_within"]
+
+
+def test_the_demos_verify_too(tiny_verifier):
+    from kws.cli import UserError, build_parser
+    from kws.demo.cli import open_detector_factory
+
+    ckpt, clip, stream = tiny_verifier
+    args = build_parser().parse_args(["serve", "--model", str(stream), "--verifier", str(clip),
+                                      "--verify-delay-ms", "250"])
+    make, name = open_detector_factory(args)
+    first, second = make(), make()
+    assert name == f"{stream}, verified by {clip}"
+    assert first.verifier is second.verifier and first.verifier.delay_ms == 250.0
+    assert first.decoder.thresholds[0] == 0.5 and first.verifier.threshold == 0.9
+    first.feed(tone(400, 0.3))  # each listener keeps its own audio for the verifier
+    assert np.any(first._recent) and not np.any(second._recent)
+    args = build_parser().parse_args(["listen", "--stand-in", "yes", "--verifier", str(clip)])
+    with pytest.raises(UserError, match="--stand-in runs instead of a model"):
+        open_detector_factory(args)

@@ -407,7 +407,8 @@ def streaming_facts(checkpoint: Path | None) -> list[dict[str, Any]]:
                                           "minutes": (report.get("stream") or {}).get(
                                               "duration_s", 0) / 60,
                                           "results": report["results"],
-                                          "curve": report.get("best_within") or []})
+                                          "curve": report.get("best_within") or [],
+                                          "verifier": report.get("verifier")})
         facts.append(fact)
     return facts
 
@@ -441,6 +442,11 @@ def streaming_section(facts: list[dict[str, Any]]) -> list[str]:
             if run.get("with"):  # an ensemble: this export's posteriors averaged with others'
                 who += (f" averaged with {len(run['with'])} other export(s) "
                         f"({', '.join(run['with'])})")
+            verifier = run.get("verifier")
+            if verifier:  # a cascade: the thresholds and the curve are the verifier's
+                who += (f" opening candidates at {verifier['candidate_threshold']:g}, each "
+                        f"verified by `{portable(verifier['model'])}` "
+                        f"{verifier['delay_ms']:g} ms later (verifier thresholds)")
             more = "".join(f" and other words from `{portable(folder)}`"
                            for folder in run.get("negatives") or [])
             out += ["", f"Detection, {who} on a {run['minutes']:.0f}-min stream of "
