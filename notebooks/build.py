@@ -618,6 +618,50 @@ if run_stream:
     plt.show()
 """),
     md("""
+## A second look: a clip model verifies each candidate
+
+`--verifier` (`kws.streaming.verifier`) turns the detector into the first of
+two stages: it opens candidates at a low threshold, and a clip model scores the
+second of audio that ends 400 ms after each; the event fires if the verifier
+agrees. Here: every candidate of the trace above at 0.5, what was playing, and
+the verifier's posterior for the candidate's keyword (`verify_offline`, which
+`kws bench stream --verifier` uses, fires exactly what the live detector would).
+"""),
+    code("""
+from kws.streaming.verifier import (
+    DEFAULT_CANDIDATE_THRESHOLD,
+    DEFAULT_VERIFY_THRESHOLD,
+    Verifier,
+    open_clip_scorer,
+    verify_offline,
+)
+
+clip_exports = [p for p, s in specs.items() if s.kind == "clip"
+                and run_stream and s.sample_rate == backend.sample_rate
+                and set(keywords) <= set(s.labels)]
+if run_stream and not clip_exports:
+    print("skipped: no clip export in", EXPORT, "to verify with (kws export CKPT --out X.onnx)")
+if run_stream and clip_exports:
+    verifier = Verifier(open_clip_scorer(clip_exports[0], backend.sample_rate))
+    candidates = decode_trace(trace, detector.labels, detector.chunk_s, backend.window_s,
+                              threshold=DEFAULT_CANDIDATE_THRESHOLD)
+    checked = verify_offline(candidates, stream.audio, detector.chunk_s,
+                             detector.chunk_samples, verifier)
+    print(f"verifier {clip_exports[0].name}: {len(checked)} candidates at "
+          f"{DEFAULT_CANDIDATE_THRESHOLD:g}, kept at {DEFAULT_VERIFY_THRESHOLD:g}")
+    print(f"{'fired at':>8} {'keyword':>8} {'playing':>8} {'detector':>8} {'verifier':>8}  kept")
+    for event in checked:
+        playing = [p.word for p in stream.placements
+                   if p.start_s <= event.end_s and p.end_s >= event.start_s]
+        print(f"{event.end_s:>8.2f} {event.keyword:>8} {'/'.join(playing) or '-':>8} "
+              f"{event.candidate_score:>8.3f} {event.score:>8.3f}  "
+              f"{'yes' if event.score >= DEFAULT_VERIFY_THRESHOLD else 'no'}")
+    kept = [e for e in checked if e.score >= DEFAULT_VERIFY_THRESHOLD]
+    for name, found in (("detector alone at 0.5", candidates), ("with the verifier", kept)):
+        s = score_events(found, stream.placements, stream.duration_s)
+        print(f"{name}: {s['hits']} of {s['keywords']} keywords, {s['false_alarms']} false alarms")
+"""),
+    md("""
 ## Latency and real-time factor: onnxruntime against PyTorch
 
 The same detector (two state copies, one thread) on the same audio, once with

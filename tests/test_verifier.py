@@ -283,3 +283,43 @@ def test_the_demos_verify_too(tiny_verifier):
     args = build_parser().parse_args(["listen", "--stand-in", "yes", "--verifier", str(clip)])
     with pytest.raises(UserError, match="--stand-in runs instead of a model"):
         open_detector_factory(args)
+
+
+def test_mined_windows_are_a_training_folder_labelled_by_what_plays(tiny_verifier, dev_root,
+                                                                    tmp_path, capsys):
+    import importlib.util
+
+    from kws.data.speech_commands import SpeechCommands, extra_word_clips, speaker_of
+
+    _, _, stream = tiny_verifier
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "mine_verifier_windows.py"
+    spec = importlib.util.spec_from_file_location("mine_verifier_windows", path)
+    mine = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mine)
+    out = tmp_path / "mined"
+    # (this untrained model's posteriors sit near 0.2: a low threshold gives candidates)
+    assert mine.main(["--model", str(stream), "--data", str(dev_root), "--minutes", "0.5",
+                      "--seeds", "5", "--delays", "0,400", "--candidate-threshold", "0.22",
+                      "--out", str(out)]) == 0
+    summary = json.loads((out / "mined.json").read_text())
+    assert summary["windows"] > 0 and summary["split"] == "train"
+    clips, info = extra_word_clips(out, "sc12")
+    assert len(clips) == summary["windows"]
+    # every window is by a training speaker: validation and test speakers stay unheard
+    held_out = {s for split in ("val", "test")
+                for s in SpeechCommands(dev_root, "sc12").speakers()[split]}
+    assert held_out and not {speaker_of(c.path.name) for c in clips} & held_out
+    labels = {c.label for c in clips}
+    assert labels <= set(SpeechCommands(dev_root, "sc12").labels)
+    # one second each, and the labeller takes the clip that overlaps most
+    from kws.data.audio import load_audio
+    assert load_audio(clips[0].path, RATE).size == RATE
+    from kws.streaming.longstream import Placement
+    placements = [Placement("yes", True, 0.0, 1.0, "a/x_nohash_0.wav"),
+                  Placement("dog", False, 1.2, 2.2, "b/dog_y_nohash_0.wav")]
+    assert mine.label_window(0.5, 1.5, placements).word == "yes"
+    assert mine.label_window(1.1, 2.1, placements).word == "dog"
+    assert mine.label_window(0.8, 1.25, placements) is None  # 0.2 s of yes: too little
+    with pytest.raises(SystemExit):  # never mixes two minings in one folder
+        mine.main(["--model", str(stream), "--out", str(out)])
+    assert "is not empty" in capsys.readouterr().err
