@@ -328,9 +328,16 @@ def run_bench_stream(args: argparse.Namespace) -> int:
     timing = {"smoothing_ms": args.smoothing_ms, "refractory_ms": args.refractory_ms,
               "hold_ms": args.hold_ms}
 
+    verified = None  # with --verifier: every candidate, scored by the verifier
+
     def scored(threshold: float, per_keyword: dict[str, float] | None = None) -> dict[str, Any]:
-        events = decode_trace(trace, detector.labels, detector.chunk_s, backend.window_s,
-                              threshold=threshold, thresholds=per_keyword, **timing)
+        """The detector's events at ``threshold``, or with a verifier the candidates whose
+        verifier score reaches it."""
+        if verified is not None:
+            events = [e for e in verified if e.score >= threshold]
+        else:
+            events = decode_trace(trace, detector.labels, detector.chunk_s, backend.window_s,
+                                  threshold=threshold, thresholds=per_keyword, **timing)
         return score_events(events, stream.placements, stream.duration_s, args.tolerance)
 
     curve = operating_curve(trace, detector.labels, detector.chunk_s, backend.window_s,
@@ -340,14 +347,8 @@ def run_bench_stream(args: argparse.Namespace) -> int:
         detector_alone = {"results": [{"threshold": t, **scored(t)} for t in thresholds],
                           "best_within": curve}
         verification, verified = verify_stream(args, verifier, detector, trace, stream, timing)
-
-        def scored(threshold: float, per_keyword: dict[str, float] | None = None
-                   ) -> dict[str, Any]:
-            events = [e for e in verified if e.score >= threshold]
-            return score_events(events, stream.placements, stream.duration_s, args.tolerance)
-
-        curve = best_within([{"threshold": float(t), **scored(t)} for t in CURVE_GRID])
         verification["detector_alone"] = detector_alone
+        curve = best_within([{"threshold": float(t), **scored(t)} for t in CURVE_GRID])
     results = [{"threshold": t, **scored(t)} for t in thresholds]
     calibration = None
     if from_file:
@@ -448,6 +449,7 @@ def print_bench(report: dict[str, Any]) -> None:
         print(f"false alarms at {top['threshold']:g} (keyword fired <- word heard; "
               f"{top['false_alarms']} on {top.get('false_alarm_clips', '?')} distinct clips): "
               + ", ".join(f"{fired} <- {word} {n}" for n, fired, word in pairs))
+
     def points(curve: list[dict[str, Any]]) -> str:
         return ", ".join(f"{p['hit_rate']:.1%} at <= {p['fa_per_hour_at_most']:g}"
                          for p in curve if p["hit_rate"] is not None)

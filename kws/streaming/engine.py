@@ -8,7 +8,10 @@ the microphone demo. Per model chunk it
 3. turns its logits into posteriors (softmax) and smooths them with a moving
    average over ``smoothing_ms``;
 4. fires an event when a keyword's smoothed posterior crosses its threshold from
-   below, outside the refractory period of the previous event.
+   below, outside the refractory period of the previous event;
+5. with a ``verifier`` (``kws.streaming.verifier``), holds that event as a candidate
+   until a clip model has scored the second of audio ending ``delay_ms`` after it,
+   and fires it then only if the verifier agrees.
 
 Events
 ------

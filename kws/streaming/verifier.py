@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kws.streaming.backends import sidecar_path, softmax, split_models
+from kws.streaming.backends import NON_KEYWORDS, sidecar_path, softmax, split_models
 from kws.streaming.engine import Event
 
 # Picked on a stream of the validation speakers (README, "A second look"), not the test's:
@@ -176,7 +176,7 @@ class Verifier:
         if self.scorer.sample_rate != sample_rate:
             raise ValueError(f"verifier {self.scorer.name} scores {self.scorer.sample_rate} Hz "
                              f"audio, the detector runs at {sample_rate} Hz")
-        keywords = [label for label in labels if not label.startswith("_")]
+        keywords = [label for label in labels if label not in NON_KEYWORDS]
         missing = [k for k in keywords if k not in self.scorer.labels]
         if missing:
             raise ValueError(f"verifier {self.scorer.name} has no output for the detector's "
