@@ -279,7 +279,7 @@ def test_the_demos_verify_too(tiny_verifier):
     assert first.verifier is second.verifier and first.verifier.delay_ms == 250.0
     assert first.decoder.thresholds[0] == 0.5 and first.verifier.threshold == 0.9
     first.feed(tone(400, 0.3))  # each listener keeps its own audio for the verifier
-    assert np.any(first._recent) and not np.any(second._recent)
+    assert np.any(first.recent_audio) and not np.any(second.recent_audio)
     args = build_parser().parse_args(["listen", "--stand-in", "yes", "--verifier", str(clip)])
     with pytest.raises(UserError, match="--stand-in runs instead of a model"):
         open_detector_factory(args)
@@ -323,3 +323,19 @@ def test_mined_windows_are_a_training_folder_labelled_by_what_plays(tiny_verifie
     with pytest.raises(SystemExit):  # never mixes two minings in one folder
         mine.main(["--model", str(stream), "--out", str(out)])
     assert "is not empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("chunk_samples", [160, 1120, 24000])
+def test_the_verifier_ring_holds_the_last_clip_whatever_the_chunk(chunk_samples, rng):
+    """1120 samples (70 ms) do not divide a 16000-sample clip: writes wrap mid-chunk."""
+    detector = StreamingDetector(ScriptedBackend([], chunk_samples=chunk_samples),
+                                 reset_period_s=None, verifier=Verifier(LoudnessScorer()))
+    audio = rng.standard_normal(5 * RATE).astype(np.float32) * 0.1
+    fed = 0
+    for size in (700, 3000, 16001, 9, 40000):
+        detector.feed(audio[fed : fed + size])
+        fed += size
+        heard = detector.chunks_done * chunk_samples
+        want = np.concatenate([np.zeros(max(0, RATE - heard), np.float32),
+                               audio[max(0, heard - RATE) : heard]])
+        np.testing.assert_array_equal(detector.recent_audio, want)

@@ -400,9 +400,11 @@ class StreamingDetector:
         self._trace: list[np.ndarray] = []
         #: candidates awaiting the verifier: (event, chunk at which its window ends)
         self._waiting: list[tuple[Event, int]] = []
-        #: the last clip of audio, for the verifier's window (zeros before the stream)
-        self._recent = np.zeros(self.verifier.scorer.clip_samples if self.verifier else 0,
-                                np.float32)
+        #: a ring of the last clip of audio for the verifier's window (zeros before the
+        #: stream); ``_ring_at`` is where the next sample goes, so the oldest one is there
+        self._ring = np.zeros(self.verifier.scorer.clip_samples if self.verifier else 0,
+                              np.float32)
+        self._ring_at = 0
 
     @property
     def time_s(self) -> float:
@@ -481,7 +483,7 @@ class StreamingDetector:
         self.chunks_done += 1
         event = self.decoder.update(self.raw_posteriors, self.time_s)
         if self.verifier is not None:
-            self._recent = np.concatenate([self._recent[chunk.size :], chunk])
+            self._remember(chunk)
             if event is not None:
                 self._waiting.append((event, self.chunks_done + self._delay_chunks))
             # candidates are whole chunks apart, so at most one is due per chunk
@@ -492,12 +494,30 @@ class StreamingDetector:
             self.on_event(event)
         return event
 
+    def _remember(self, chunk: np.ndarray) -> None:
+        """Write ``chunk`` into the ring (two slice copies at most: no per-chunk allocation)."""
+        ring, at = self._ring, self._ring_at
+        if chunk.size >= ring.size:
+            ring[:] = chunk[-ring.size :]
+            self._ring_at = 0
+            return
+        first = min(chunk.size, ring.size - at)
+        ring[at : at + first] = chunk[:first]
+        ring[: chunk.size - first] = chunk[first:]
+        self._ring_at = (at + chunk.size) % ring.size
+
+    @property
+    def recent_audio(self) -> np.ndarray:
+        """The last clip of audio the detector heard, oldest sample first (verifier only)."""
+        return np.concatenate([self._ring[self._ring_at :], self._ring[: self._ring_at]])
+
     def _verify_next(self) -> Event | None:
         """Score the oldest waiting candidate; the verified event, or None if rejected."""
         candidate, end_chunk = self._waiting.pop(0)
         verifier = self.verifier
+        recent = self.recent_audio
         ahead = (end_chunk - self.chunks_done) * self.chunk_samples  # > 0 only in flush
-        window = verifier.window(self._recent, self._recent.size + ahead)
+        window = verifier.window(recent, recent.size + ahead)
         score = verifier.keyword_score(verifier.posteriors(window[None])[0], candidate.keyword)
         if score < verifier.threshold:
             return None
