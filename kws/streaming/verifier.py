@@ -1,10 +1,11 @@
 """Two-stage detection: a clip model checks each candidate the streaming detector fires.
 
 The streaming detector fires on its running posteriors, and it fires early (a
-median 0.2-0.4 s before the keyword ends on the long-stream benchmark), so its
-mistakes are words that start like a keyword. A second model that waits a little
-and looks at one whole window rejects many of them at a cost that is paid only
-per candidate, not per chunk: the usual cascade of a deployed wake-word engine.
+median 0.2-0.4 s before the keyword ends on the long-stream benchmark), on a
+window that holds only part of the word. A second, different model that waits a
+little and looks at the whole word rejects many of its false alarms, at a cost
+paid per candidate rather than per chunk: the cascade of a deployed wake-word
+engine. (Waiting alone, with the same model, does not help: ``hold_ms``.)
 
 ``Verifier`` holds a clip scorer (an exported clip ``.onnx``, which is what we ship,
 or a ``.pt`` checkpoint run by PyTorch; several comma-separated average their
