@@ -339,3 +339,23 @@ def test_the_verifier_ring_holds_the_last_clip_whatever_the_chunk(chunk_samples,
         want = np.concatenate([np.zeros(max(0, RATE - heard), np.float32),
                                audio[max(0, heard - RATE) : heard]])
         np.testing.assert_array_equal(detector.recent_audio, want)
+
+
+def test_verifier_benchmark_times_both_backends(tiny_verifier, tmp_path, capsys):
+    import importlib.util
+
+    _, clip, stream = tiny_verifier
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_verifier.py"
+    spec = importlib.util.spec_from_file_location("bench_verifier", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.clip_exports(clip.parent) == [clip]  # the streaming export is not one
+    out = tmp_path / "v.json"
+    assert bench.main([str(clip), "--windows", "2", "--rounds", "1", "--threads", "1",
+                       "--per-hour", "3600", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["onnx_cpu_ms"] > 0 and row["torch_cpu_ms"] > 0
+    # at one candidate a second the real-time factor is the seconds per window
+    assert row["onnx_rtf_at_3600_per_hour"] == pytest.approx(row["onnx_cpu_ms"] / 1000)
+    assert "tiny.pt" in row["checkpoint"] and "onnxruntime" in capsys.readouterr().out
+    assert bench.main(["--export-dir", str(tmp_path)]) == 1  # none there: says so
