@@ -603,6 +603,13 @@ def test_model_card_lists_the_models_streaming_exports_and_their_measurements(tm
                      "delay_ms": 400.0},
         "results": [{"threshold": 0.9, "hit_rate": 0.422, "false_alarms_per_hour": 1.0}]}))
     (tmp_path / "results" / "bench_stream_broken.json").write_text("{not json")
+    # a clip export of this model (a verifier) and one of another model
+    clip = {"kind": "clip", "source_checkpoint": "models/m.pt", "sample_rate": 16000,
+            "clip_samples": 16000, "parity": {"max_rel_err": 3.7e-6}}
+    (tmp_path / "export" / "m_clip.json").write_text(json.dumps(clip))
+    (tmp_path / "export" / "m_clip.onnx").write_bytes(b"\0" * 1_500_000)
+    (tmp_path / "export" / "other_clip.json").write_text(
+        json.dumps({**clip, "source_checkpoint": "models/other.pt"}))
     # a same-named candidate outside export/ (a study's run) is another model
     (tmp_path / "results" / "bench_stream_candidate.json").write_text(json.dumps({
         "model": "runs/study/m_stream_8k.onnx", "split": "test", "stream": {"duration_s": 1800.0},
@@ -630,6 +637,9 @@ def test_model_card_lists_the_models_streaming_exports_and_their_measurements(tm
     assert ("Detection, `export/m_stream_8k.onnx` opening candidates at 0.5, each verified by "
             "`export/v_clip.onnx` 400 ms later (verifier thresholds) on a 60-min stream of test "
             "speakers (results/bench_stream_verified.json): 0.9: 42.2% hits, 1 FA/h.") in card
+    assert ("## Clip exports" in card and "- `export/m_clip.onnx`: 16000 Hz, 16000 samples "
+            "per call, 1.50 MB, parity 3.7e-06 against PyTorch" in card)
+    assert "other_clip" not in card
     # one row: not the 2-thread measurement, nothing of the other model's export
     assert len([line for line in card.splitlines() if line.startswith("| `export/")]) == 1
     assert streaming_facts(None) == []

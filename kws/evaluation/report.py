@@ -336,6 +336,7 @@ def model_card(record: ModelRecord) -> str:
         if any(result.get("reference_accuracy") is not None for result in entry["results"]):
             out += ["", REFERENCE_NOTE.format(rate=entry.get("trained_rate"))]
     out += streaming_section(streaming_facts(record.checkpoint))
+    out += clip_section(record.checkpoint)
     commands = [("train", train.get("command")), ("evaluate", entry.get("command"))]
     if any(cmd for _, cmd in commands):
         out += ["", "## Commands", ""]
@@ -411,6 +412,30 @@ def streaming_facts(checkpoint: Path | None) -> list[dict[str, Any]]:
                                           "verifier": report.get("verifier")})
         facts.append(fact)
     return facts
+
+
+def clip_section(checkpoint: Path | None) -> list[str]:
+    """Markdown lines naming the clip exports made from ``checkpoint`` (``export/*.json``
+    sidecars of kind ``clip``): one second in, logits out, what ``--verifier`` runs."""
+    if checkpoint is None:
+        return []
+    root = Path(checkpoint).resolve().parent.parent
+    lines = []
+    for sidecar_path, sidecar in _json_files(root / "export", "*.json"):
+        source = Path(str(sidecar.get("source_checkpoint") or ""))
+        if sidecar.get("kind") != "clip" or source.name != Path(checkpoint).name:
+            continue
+        onnx = sidecar_path.with_suffix(".onnx")
+        size = f"{onnx.stat().st_size / 1e6:.2f} MB" if onnx.is_file() else "–"
+        parity = (sidecar.get("parity") or {}).get("max_rel_err")
+        checked = "" if parity is None else f", parity {parity:.1e} against PyTorch"
+        lines.append(f"- `export/{onnx.name}`: {sidecar.get('sample_rate')} Hz, "
+                     f"{sidecar.get('clip_samples')} samples per call, {size}{checked}")
+    if not lines:
+        return []
+    return ["", "## Clip exports", "",
+            "One clip in, logits out: what `kws stream --verifier` runs on the window after "
+            "each candidate of a streaming detector.", "", *lines]
 
 
 def streaming_section(facts: list[dict[str, Any]]) -> list[str]:
