@@ -22,14 +22,12 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 from kws.data.audio import save_audio
 from kws.data.speech_commands import SC10, UNKNOWN, find_data_root, speaker_of
 from kws.streaming.backends import open_backend
 from kws.streaming.engine import StreamingDetector, decode_trace
 from kws.streaming.longstream import Placement, record_long_stream
-from kws.streaming.verifier import DEFAULT_CANDIDATE_THRESHOLD
+from kws.streaming.verifier import DEFAULT_CANDIDATE_THRESHOLD, clip_window
 
 #: a window holds a clip when they overlap by at least this much (seconds)
 MIN_OVERLAP_S = 0.3
@@ -75,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                 end = round((candidate.end_s + delay / 1000) * rate)
                 if end > stream.audio.size:
                     continue  # past the end of the stream: no real audio to learn from
-                window = np.zeros(rate, np.float32)
-                piece = stream.audio[max(end - rate, 0) : end]
-                window[rate - piece.size :] = piece
+                window = clip_window(stream.audio, end, rate)
                 heard = label_window(end / rate - 1.0, end / rate, stream.placements)
                 speaker = speaker_of(Path(heard.path).name) if heard else None
                 speaker = speaker or speaker_of(Path(stream.placements[0].path).name)

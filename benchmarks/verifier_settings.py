@@ -35,10 +35,14 @@ from kws.streaming.longstream import (
     best_within,
     operating_curve,
     record_long_stream,
-    score_events,
     stream_summary,
 )
-from kws.streaming.verifier import Verifier, open_clip_scorer, verify_offline
+from kws.streaming.verifier import (
+    Verifier,
+    open_clip_scorer,
+    verified_results,
+    verify_offline,
+)
 
 
 def numbers(text: str) -> list[float]:
@@ -100,11 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         for threshold in candidate_thresholds:
             verified = verify_offline(candidates[threshold], stream.audio, detector.chunk_s,
                                       detector.chunk_samples, verifier, cache)
-            curve = best_within([
-                {"threshold": float(t), **score_events([e for e in verified if e.score >= t],
-                                                       stream.placements, stream.duration_s,
-                                                       args.tolerance)}
-                for t in CURVE_GRID])
+            curve = best_within(verified_results(verified, stream.placements,
+                                                 stream.duration_s, CURVE_GRID, args.tolerance))
             rows.append({"verifier": name, "delay_ms": delay, "candidate_threshold": threshold,
                          "candidates": len(verified), "best_within": curve,
                          "rank_score": rank_score(curve, budgets)})

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import tone
+from test_benchmarks import load as load_benchmark
 from test_streaming import LABELS, RATE, ScriptedBackend, run_cli, silence, tiny_spotter
 
 from kws.streaming.engine import StreamingDetector, decode_trace
@@ -172,6 +173,16 @@ def test_clip_export_and_checkpoint_verify_alike(tiny_verifier, rng):
     assert open_clip_scorer(ckpt, 8000).clip_samples == 8000  # a checkpoint serves any rate
 
 
+def bench_verified(stream: Path, dev_root: Path, out: Path, capsys, thresholds: str,
+                   verifier: Path, delay_ms: str) -> tuple[int, str, str]:
+    """``kws bench stream --verifier`` on the 30-s seed-3 stream, candidates at 0.22 (this
+    untrained model's posteriors sit near 0.2)."""
+    return run_cli(["bench", "stream", "--model", str(stream), "--data", str(dev_root),
+                    "--minutes", "0.5", "--seed", "3", "--thresholds", thresholds,
+                    "--candidate-threshold", "0.22", "--verifier", str(verifier),
+                    "--verify-delay-ms", delay_ms, "--json", str(out)], capsys)
+
+
 def test_kws_stream_and_bench_with_a_verifier(tiny_verifier, dev_root, tmp_path, capsys):
     from kws.data.audio import save_audio
 
@@ -188,10 +199,8 @@ def test_kws_stream_and_bench_with_a_verifier(tiny_verifier, dev_root, tmp_path,
     # verifier threshold every window passes gives back the detector's own score. (This
     # untrained model's posteriors sit near 0.2: candidates at 0.22, verifier cuts above.)
     report_path = tmp_path / "bench.json"
-    code, stdout, err = run_cli(
-        ["bench", "stream", "--model", str(stream), "--data", str(dev_root), "--minutes", "0.5",
-         "--seed", "3", "--thresholds", "0.001,0.22,0.25", "--candidate-threshold", "0.22",
-         "--verifier", str(clip), "--verify-delay-ms", "0", "--json", str(report_path)], capsys)
+    code, stdout, err = bench_verified(stream, dev_root, report_path, capsys, "0.001,0.22,0.25",
+                                       clip, "0")
     assert code == 0, err
     report = json.loads(report_path.read_text())
     verification = report["verifier"]
@@ -209,11 +218,7 @@ def test_kws_stream_and_bench_with_a_verifier(tiny_verifier, dev_root, tmp_path,
         assert row["false_alarms"] <= everything["false_alarms"]
     assert "thresholds below are the verifier's" in stdout and "the detector alone" in stdout
     # the same candidates with a delay: whole chunks later, through the checkpoint in PyTorch
-    code, _, err = run_cli(
-        ["bench", "stream", "--model", str(stream), "--data", str(dev_root), "--minutes", "0.5",
-         "--seed", "3", "--thresholds", "0.001", "--candidate-threshold", "0.22",
-         "--verifier", str(ckpt), "--verify-delay-ms", "245", "--json", str(report_path)],
-        capsys)
+    code, _, err = bench_verified(stream, dev_root, report_path, capsys, "0.001", ckpt, "245")
     assert code == 0, err
     delayed = json.loads(report_path.read_text())["verifier"]
     assert delayed["delay_chunks"] == 25  # 245 ms rounds up to whole 10-ms chunks
@@ -235,13 +240,8 @@ def test_the_detector_threshold_defaults_lower_when_a_verifier_decides():
 
 def test_verifier_settings_script_matches_kws_bench_stream(tiny_verifier, dev_root, tmp_path,
                                                            capsys):
-    import importlib.util
-
     ckpt, clip, stream = tiny_verifier
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "verifier_settings.py"
-    spec = importlib.util.spec_from_file_location("verifier_settings", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("verifier_settings")
     out = tmp_path / "settings.json"
     assert bench.main(["--model", str(stream), "--verifiers", f"{clip},{ckpt}+{clip}",
                        "--data", str(dev_root), "--split", "test", "--minutes", "0.5",
@@ -259,10 +259,7 @@ def test_verifier_settings_script_matches_kws_bench_stream(tiny_verifier, dev_ro
         assert rows[(str(clip), delay, threshold)]["best_within"] == rows[
             (f"{ckpt}+{clip}", delay, threshold)]["best_within"]
     # one setting, read again by kws bench stream --verifier on the same stream
-    code, _, err = run_cli(
-        ["bench", "stream", "--model", str(stream), "--data", str(dev_root), "--minutes", "0.5",
-         "--seed", "3", "--thresholds", "0.5", "--candidate-threshold", "0.22",
-         "--verifier", str(clip), "--verify-delay-ms", "400", "--json", str(out)], capsys)
+    code, _, err = bench_verified(stream, dev_root, out, capsys, "0.5", clip, "400")
     assert code == 0, err
     bench_report = json.loads(out.read_text())
     assert bench_report["best_within"] == rows[(str(clip), 400.0, 0.22)]["best_within"]
@@ -292,15 +289,10 @@ def test_the_demos_verify_too(tiny_verifier):
 
 def test_mined_windows_are_a_training_folder_labelled_by_what_plays(tiny_verifier, dev_root,
                                                                     tmp_path, capsys):
-    import importlib.util
-
     from kws.data.speech_commands import SpeechCommands, extra_word_clips, speaker_of
 
     _, _, stream = tiny_verifier
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "mine_verifier_windows.py"
-    spec = importlib.util.spec_from_file_location("mine_verifier_windows", path)
-    mine = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mine)
+    mine = load_benchmark("mine_verifier_windows")
     out = tmp_path / "mined"
     # (this untrained model's posteriors sit near 0.2: a low threshold gives candidates)
     assert mine.main(["--model", str(stream), "--data", str(dev_root), "--minutes", "0.5",
@@ -347,13 +339,8 @@ def test_the_verifier_ring_holds_the_last_clip_whatever_the_chunk(chunk_samples,
 
 
 def test_verifier_benchmark_times_both_backends(tiny_verifier, tmp_path, capsys):
-    import importlib.util
-
     _, clip, stream = tiny_verifier
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_verifier.py"
-    spec = importlib.util.spec_from_file_location("bench_verifier", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_verifier")
     assert bench.clip_exports(clip.parent) == [clip]  # the streaming export is not one
     out = tmp_path / "v.json"
     assert bench.main([str(clip), "--windows", "2", "--rounds", "1", "--threads", "1",

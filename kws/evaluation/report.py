@@ -363,6 +363,16 @@ def names_export(path: Any, onnx: Path) -> bool:
     return named.name == onnx.name and named.parent.name == "export"
 
 
+def model_exports(checkpoint: Path, kind: str) -> list[tuple[Path, dict[str, Any]]]:
+    """(ONNX path, sidecar) of the ``kind`` exports in ``export/`` beside the checkpoint's
+    folder whose ``source_checkpoint`` is this file."""
+    root = Path(checkpoint).resolve().parent.parent
+    return [(sidecar_path.with_suffix(".onnx"), sidecar)
+            for sidecar_path, sidecar in _json_files(root / "export", "*.json")
+            if sidecar.get("kind") == kind
+            and Path(str(sidecar.get("source_checkpoint") or "")).name == Path(checkpoint).name]
+
+
 def streaming_facts(checkpoint: Path | None) -> list[dict[str, Any]]:
     """The streaming exports made from ``checkpoint`` and what was measured on them.
 
@@ -379,11 +389,7 @@ def streaming_facts(checkpoint: Path | None) -> list[dict[str, Any]]:
     root = Path(checkpoint).resolve().parent.parent
     results = _json_files(root / "results", "bench_stream*.json")
     facts = []
-    for sidecar_path, sidecar in _json_files(root / "export", "*.json"):
-        source = Path(str(sidecar.get("source_checkpoint") or ""))
-        if sidecar.get("kind") != "streaming" or source.name != Path(checkpoint).name:
-            continue
-        onnx = sidecar_path.with_suffix(".onnx")
+    for onnx, sidecar in model_exports(checkpoint, "streaming"):
         rate, chunk = sidecar.get("sample_rate"), sidecar.get("chunk_samples")
         fact: dict[str, Any] = {
             "export": f"export/{onnx.name}", "sample_rate": rate,
@@ -419,13 +425,8 @@ def clip_section(checkpoint: Path | None) -> list[str]:
     sidecars of kind ``clip``): one second in, logits out, what ``--verifier`` runs."""
     if checkpoint is None:
         return []
-    root = Path(checkpoint).resolve().parent.parent
     lines = []
-    for sidecar_path, sidecar in _json_files(root / "export", "*.json"):
-        source = Path(str(sidecar.get("source_checkpoint") or ""))
-        if sidecar.get("kind") != "clip" or source.name != Path(checkpoint).name:
-            continue
-        onnx = sidecar_path.with_suffix(".onnx")
+    for onnx, sidecar in model_exports(checkpoint, "clip"):
         size = f"{onnx.stat().st_size / 1e6:.2f} MB" if onnx.is_file() else "–"
         parity = (sidecar.get("parity") or {}).get("max_rel_err")
         checked = "" if parity is None else f", parity {parity:.1e} against PyTorch"

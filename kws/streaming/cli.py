@@ -300,6 +300,7 @@ def run_bench_stream(args: argparse.Namespace) -> int:
         score_events,
         stream_summary,
     )
+    from kws.streaming.verifier import verified_results
 
     thresholds = parse_thresholds(args.thresholds)
     from_file = read_thresholds_file(args.keyword_thresholds)
@@ -328,28 +329,22 @@ def run_bench_stream(args: argparse.Namespace) -> int:
     timing = {"smoothing_ms": args.smoothing_ms, "refractory_ms": args.refractory_ms,
               "hold_ms": args.hold_ms}
 
-    verified = None  # with --verifier: every candidate, scored by the verifier
-
     def scored(threshold: float, per_keyword: dict[str, float] | None = None) -> dict[str, Any]:
-        """The detector's events at ``threshold``, or with a verifier the candidates whose
-        verifier score reaches it."""
-        if verified is not None:
-            events = [e for e in verified if e.score >= threshold]
-        else:
-            events = decode_trace(trace, detector.labels, detector.chunk_s, backend.window_s,
-                                  threshold=threshold, thresholds=per_keyword, **timing)
+        events = decode_trace(trace, detector.labels, detector.chunk_s, backend.window_s,
+                              threshold=threshold, thresholds=per_keyword, **timing)
         return score_events(events, stream.placements, stream.duration_s, args.tolerance)
 
+    results = [{"threshold": t, **scored(t)} for t in thresholds]
     curve = operating_curve(trace, detector.labels, detector.chunk_s, backend.window_s,
                             stream.placements, stream.duration_s, args.tolerance, **timing)
     verification = None
-    if verifier is not None:
-        detector_alone = {"results": [{"threshold": t, **scored(t)} for t in thresholds],
-                          "best_within": curve}
+    if verifier is not None:  # the rows and the curve become the verifier's thresholds
         verification, verified = verify_stream(args, verifier, detector, trace, stream, timing)
-        verification["detector_alone"] = detector_alone
-        curve = best_within([{"threshold": float(t), **scored(t)} for t in CURVE_GRID])
-    results = [{"threshold": t, **scored(t)} for t in thresholds]
+        verification["detector_alone"] = {"results": results, "best_within": curve}
+        results = verified_results(verified, stream.placements, stream.duration_s, thresholds,
+                                   args.tolerance)
+        curve = best_within(verified_results(verified, stream.placements, stream.duration_s,
+                                             CURVE_GRID, args.tolerance))
     calibration = None
     if from_file:
         results.append({"threshold": None, "thresholds_from": str(args.keyword_thresholds),

@@ -32,11 +32,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from kws.streaming.backends import NON_KEYWORDS, sidecar_path, softmax, split_models
 from kws.streaming.engine import Event
+from kws.streaming.longstream import Placement, score_events
 
 # Picked on a stream of the validation speakers (README, "A second look"), not the test's:
 #: the window then holds the whole word the detector caught early (0 ms: a fraction of it)
@@ -45,6 +47,16 @@ DEFAULT_VERIFY_DELAY_MS = 400.0
 DEFAULT_VERIFY_THRESHOLD = 0.9
 #: the detector's threshold when a verifier decides: low, so that few keywords are missed
 DEFAULT_CANDIDATE_THRESHOLD = 0.5
+
+
+def clip_window(audio: np.ndarray, end: int, size: int) -> np.ndarray:
+    """``size`` samples of ``audio`` ending at sample ``end``, zero-padded past either end."""
+    out = np.zeros(size, np.float32)
+    start = end - size
+    piece = audio[max(start, 0) : min(end, audio.size)]
+    offset = max(0, -start)
+    out[offset : offset + piece.size] = piece
+    return out
 
 
 class ClipScorer:
@@ -188,14 +200,8 @@ class Verifier:
         return math.ceil(self.delay_ms / 1000 / chunk_s - 1e-9)
 
     def window(self, audio: np.ndarray, end: int) -> np.ndarray:
-        """``clip_samples`` of ``audio`` ending at sample ``end``, zero-padded past either end."""
-        size = self.scorer.clip_samples
-        out = np.zeros(size, np.float32)
-        start = end - size
-        piece = audio[max(start, 0) : min(end, audio.size)]
-        offset = max(0, -start)
-        out[offset : offset + piece.size] = piece
-        return out
+        """The scorer's clip of ``audio`` ending at sample ``end`` (``clip_window``)."""
+        return clip_window(audio, end, self.scorer.clip_samples)
 
     def posteriors(self, windows: np.ndarray, batch: int = 64) -> np.ndarray:
         """(B, n_classes) verifier posteriors of (B, clip_samples) windows, in batches."""
@@ -234,3 +240,15 @@ def verify_offline(
         cache.update(zip(todo, scored, strict=True))
     return [verifier.verified(c, verifier.keyword_score(cache[end * chunk_samples], c.keyword),
                               end, chunk_s) for c, end in zip(candidates, ends, strict=True)]
+
+
+def verified_results(
+    verified: Sequence[Event], placements: Sequence[Placement], duration_s: float,
+    thresholds: Sequence[float], tolerance_s: float = 0.25,
+) -> list[dict[str, Any]]:
+    """``score_events`` of the cascade at each verifier threshold: the candidates of
+    ``verify_offline`` whose verifier score reaches it."""
+    return [{"threshold": float(t),
+             **score_events([e for e in verified if e.score >= t], placements, duration_s,
+                            tolerance_s)}
+            for t in thresholds]
