@@ -6,7 +6,7 @@ given), on each thread count, the same seeded windows go through side by side, i
 turn, ``--rounds`` times: onnxruntime (``OnnxClipScorer``) and PyTorch eager on the
 checkpoint named by the sidecar (``TorchClipScorer``). It reports the median CPU
 milliseconds per window and the real-time factor at ``--per-hour`` candidates an
-hour (795 on the README's hour-long test stream at the default candidate threshold).
+hour (795 on the hour-long test stream of RESULTS.md at the default candidate threshold).
 
     .venv/bin/python benchmarks/bench_verifier.py [CLIP.onnx ...] [--windows 20] [--rounds 5]
         [--threads 1,2] [--json results/bench_verifier.json]

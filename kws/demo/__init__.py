@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: the level meter's floor; anything quieter (digital silence included) reads as this
 FLOOR_DBFS = -100.0
 #: the demos' model when it is there: MFCC S4 trained with preceding context, 20-ms steps
-#: (it detects best on long audio; README, "Training for the stream")
+#: (it detects best on long audio; RESULTS.md, "Training for the stream")
 DEFAULT_MODEL_FILE = "s4_mfcc_ctx_stream.onnx"
 #: how a default model is recognised in export/ otherwise: MFCC features, S4 (not S4D), streaming
 DEFAULT_MODEL_NAME = re.compile(r"(?=.*mfcc)(?=.*s4(?!d))(?=.*stream).*\.onnx$", re.IGNORECASE)

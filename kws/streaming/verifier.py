@@ -40,7 +40,7 @@ from kws.streaming.backends import NON_KEYWORDS, sidecar_path, softmax, split_mo
 from kws.streaming.engine import Event
 from kws.streaming.longstream import Placement, score_events
 
-# Picked on a stream of the validation speakers (README, "A second look"), not the test's:
+# Picked on a stream of the validation speakers (RESULTS.md, "A second look"), not the test's:
 #: the window then holds the whole word the detector caught early (0 ms: a fraction of it)
 DEFAULT_VERIFY_DELAY_MS = 400.0
 #: near the confident posterior of a model trained with label smoothing 0.1 (0.908)

@@ -122,7 +122,7 @@ class AveragedWeights(EMAWeightAveraging):
 
     With a few thousand clips the weights of one step wander with the batch they
     last saw, and their running average is the usual remedy (on the dev split it
-    was within seed noise: README, "Seeds"). Lightning's callback keeps it;
+    was within seed noise: RESULTS.md, "Seeds"). Lightning's callback keeps it;
     checkpoints hold the average as ``state_dict`` (so ``load_spotter`` reads it)
     and the raw weights beside it for resuming. One change: outside ``fit``
     (``trainer.test`` on the best checkpoint) the checkpoint is taken as it is, so
@@ -377,7 +377,7 @@ def seed_summary(metrics: dict[int, dict[str, float]]) -> dict[str, Any]:
     """Mean, sample standard deviation and range of each metric over runs that differ by seed.
 
     On a small test set one run says little: on the 13 dev test speakers the seed
-    alone moved MFCC S4 by 9 points (README, "Seeds"), so a recipe is judged by this.
+    alone moved MFCC S4 by 9 points (RESULTS.md, "Seeds"), so a recipe is judged by this.
     """
     seeds = list(metrics)
     keys = [k for k in metrics[seeds[0]] if all(k in metrics[s] for s in seeds)]
