@@ -17,7 +17,7 @@ returns what it had. With the defaults the whole run takes about 9 minutes
 (throughput about 1, training 6, then at most 1.5 for the jobs' test passes),
 inside one 10-minute device call. Evaluate the returned ``.pt`` files on the original WAV test
 clips afterwards (``kws eval``); the data carried here may be a lossy copy
-(``kws data convert --format opus``). See README, "Training on a lent GPU".
+(``kws data convert --format opus``). See README, "Training on a borrowed GPU".
 
     python scripts/gpu_train.py --data .gpu_data/speech_commands_test_set_v0.02_dev \
         --out "$OUT" --minutes 6
