@@ -16,7 +16,7 @@ LIMIT=$((64 * 1048576))
 
 if [ "${1:-}" = "--restore" ]; then
   [ -d .gpu_hold/export ] || { echo "gpu_kit: nothing held in .gpu_hold/export"; exit 0; }
-  mv -n .gpu_hold/export/*.onnx export/
+  find .gpu_hold/export -maxdepth 1 -name '*.onnx' -exec mv -n -t export {} +
   rmdir .gpu_hold/export .gpu_hold 2>/dev/null || true
   git diff --quiet -- export || { echo "gpu_kit: export/ differs from git after restore" >&2; exit 1; }
   echo "gpu_kit: export/ restored"
