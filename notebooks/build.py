@@ -623,9 +623,12 @@ if run_stream:
 `--verifier` (`kws.streaming.verifier`) turns the detector into the first of
 two stages: it opens candidates at a low threshold, and a clip model scores the
 second of audio that ends 400 ms after each; the event fires if the verifier
-agrees. Here: every candidate of the trace above at 0.5, what was playing, and
-the verifier's posterior for the candidate's keyword (`verify_offline`, which
-`kws bench stream --verifier` uses, fires exactly what the live detector would).
+agrees. Several clip models can verify together, their posteriors averaged;
+the four that RESULTS.md ("Four verifiers averaged") picked on validation
+speakers, when they are in `export/`, else the first clip export. Here: every
+candidate of the trace above at 0.5, what was playing, and the verifier's
+posterior for the candidate's keyword (`verify_offline`, which `kws bench
+stream --verifier` uses, fires exactly what the live detector would).
 """),
     code("""
 from kws.streaming.verifier import (
@@ -641,13 +644,16 @@ clip_exports = [p for p, s in specs.items() if s.kind == "clip"
                 and set(keywords) <= set(s.labels)]
 if run_stream and not clip_exports:
     print("skipped: no clip export in", EXPORT, "to verify with (kws export CKPT --out X.onnx)")
+FOUR = [EXPORT / f"{name}_clip.onnx" for name in
+        ("s4_mfcc_wide", "s4_mfcc_ctx_s0", "s4_mfcc_ctx_s1", "s4_mfcc_ctx_s2")]
 if run_stream and clip_exports:
-    verifier = Verifier(open_clip_scorer(clip_exports[0], backend.sample_rate))
+    chosen = FOUR if all(p in clip_exports for p in FOUR) else clip_exports[:1]
+    verifier = Verifier(open_clip_scorer(",".join(map(str, chosen)), backend.sample_rate))
     candidates = decode_trace(trace, detector.labels, detector.chunk_s, backend.window_s,
                               threshold=DEFAULT_CANDIDATE_THRESHOLD)
     checked = verify_offline(candidates, stream.audio, detector.chunk_s,
                              detector.chunk_samples, verifier)
-    print(f"verifier {clip_exports[0].name}: {len(checked)} candidates at "
+    print(f"verifier {' + '.join(p.name for p in chosen)}: {len(checked)} candidates at "
           f"{DEFAULT_CANDIDATE_THRESHOLD:g}, kept at {DEFAULT_VERIFY_THRESHOLD:g}")
     print(f"{'fired at':>8} {'keyword':>8} {'playing':>8} {'detector':>8} {'verifier':>8}  kept")
     for event in checked:
