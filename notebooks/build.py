@@ -634,6 +634,7 @@ stream --verifier` uses, fires exactly what the live detector would).
 from kws.streaming.verifier import (
     DEFAULT_CANDIDATE_THRESHOLD,
     DEFAULT_VERIFY_THRESHOLD,
+    VALIDATED_VERIFIERS,
     Verifier,
     open_clip_scorer,
     verify_offline,
@@ -644,8 +645,7 @@ clip_exports = [p for p, s in specs.items() if s.kind == "clip"
                 and set(keywords) <= set(s.labels)]
 if run_stream and not clip_exports:
     print("skipped: no clip export in", EXPORT, "to verify with (kws export CKPT --out X.onnx)")
-FOUR = [EXPORT / f"{name}_clip.onnx" for name in
-        ("s4_mfcc_wide", "s4_mfcc_ctx_s0", "s4_mfcc_ctx_s1", "s4_mfcc_ctx_s2")]
+FOUR = [EXPORT / name for name in VALIDATED_VERIFIERS]
 if run_stream and clip_exports:
     chosen = FOUR if all(p in clip_exports for p in FOUR) else clip_exports[:1]
     verifier = Verifier(open_clip_scorer(",".join(map(str, chosen)), backend.sample_rate))

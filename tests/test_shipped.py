@@ -82,9 +82,17 @@ def _mfcc_table_bytes(spec: ExportSpec) -> int:
     return sum(t.numel() * 4 for t in mfcc_tables(cfg))
 
 
+def split_clips(dev_root: Path, split: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(clips, 16000) float32 audio and the label indices of a checkpoint's test split."""
+    from kws.data import SpeechCommands, load_audio
+
+    clips = SpeechCommands.from_manifest(dev_root, split).clips("test")
+    audio = np.stack([load_audio(c.path, 16000, 16000) for c in clips]).astype(np.float32)
+    return audio, np.array([c.label_index for c in clips])
+
+
 @pytest.mark.parametrize("card", CARDS, ids=lambda p: p.name.split(".")[0])
 def test_checkpoint_reproduces_its_card(card: Path, dev_root: Path):
-    from kws.data import SpeechCommands, load_audio
     from kws.training.checkpoint import load_spotter
 
     entry = json.loads(card.read_text())["metrics"]["eval"]
@@ -92,31 +100,21 @@ def test_checkpoint_reproduces_its_card(card: Path, dev_root: Path):
     want = results[16000]["accuracy"]
     spotter, meta = load_spotter(card.with_name(card.name.replace(".eval.json", ".pt")))
     spotter.eval()
-    data = SpeechCommands.from_manifest(dev_root, meta["split"])
-    clips = data.clips("test")
-    wave = torch.from_numpy(np.stack([load_audio(c.path, 16000, 16000) for c in clips]))
-    labels = torch.tensor([c.label_index for c in clips])
+    audio, labels = split_clips(dev_root, meta["split"])
+    wave = torch.from_numpy(audio)
     with torch.inference_mode():
         logits = torch.cat([spotter(w) for w in wave.split(64)])
-    accuracy = (logits.argmax(1) == labels).double().mean().item()
-    assert accuracy == pytest.approx(want, abs=1.5 / len(clips))
-
-
-#: the two-stage spotter of RESULTS.md, "Four verifiers averaged": these clip exports verify
-#: the candidates of export/s4_mfcc_ctx_stream.onnx (context seed 3), so none of them is it
-FOUR_VERIFIERS = ["s4_mfcc_wide", "s4_mfcc_ctx_s0", "s4_mfcc_ctx_s1", "s4_mfcc_ctx_s2"]
+    accuracy = float((logits.argmax(1).numpy() == labels).mean())
+    assert accuracy == pytest.approx(want, abs=1.5 / len(labels))
 
 
 def test_four_verifiers_average_posteriors_and_beat_each_member_on_test_clips(dev_root: Path):
-    from kws.data import SpeechCommands, load_audio
-    from kws.streaming.verifier import open_clip_scorer
+    from kws.streaming.verifier import VALIDATED_VERIFIERS, open_clip_scorer
     from kws.training.checkpoint import load_spotter
 
-    paths = [REPO / "export" / f"{name}_clip.onnx" for name in FOUR_VERIFIERS]
+    paths = [REPO / "export" / name for name in VALIDATED_VERIFIERS]
     _, meta = load_spotter(REPO / "models" / "s4_mfcc_wide.pt")
-    clips = SpeechCommands.from_manifest(dev_root, meta["split"]).clips("test")
-    wave = np.stack([load_audio(c.path, 16000, 16000) for c in clips]).astype(np.float32)
-    labels = np.array([c.label_index for c in clips])
+    wave, labels = split_clips(dev_root, meta["split"])
     members = [open_clip_scorer(path, 16000).posteriors(wave) for path in paths]
     together = open_clip_scorer(",".join(map(str, paths)), 16000).posteriors(wave)
     np.testing.assert_allclose(together, np.mean(members, axis=0), atol=1e-12)

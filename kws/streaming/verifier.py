@@ -47,6 +47,10 @@ DEFAULT_VERIFY_DELAY_MS = 400.0
 DEFAULT_VERIFY_THRESHOLD = 0.9
 #: the detector's threshold when a verifier decides: low, so that few keywords are missed
 DEFAULT_CANDIDATE_THRESHOLD = 0.5
+#: the clip exports (in export/) that verify the demos' detector best, averaged, picked on the
+#: validation stream (RESULTS.md, "Four verifiers averaged"); none is the detector (seed 3)
+VALIDATED_VERIFIERS = ("s4_mfcc_wide_clip.onnx", "s4_mfcc_ctx_s0_clip.onnx",
+                       "s4_mfcc_ctx_s1_clip.onnx", "s4_mfcc_ctx_s2_clip.onnx")
 
 
 def clip_window(audio: np.ndarray, end: int, size: int) -> np.ndarray:
