@@ -14,11 +14,13 @@ from test_streaming import LABELS, RATE, ScriptedBackend, run_cli, silence, tiny
 
 from kws.streaming.engine import StreamingDetector, decode_trace
 from kws.streaming.verifier import (
+    VALIDATED_VERIFIERS,
     ClipScorer,
     OnnxClipScorer,
     TorchClipScorer,
     Verifier,
     open_clip_scorer,
+    validated_verifiers,
     verify_offline,
 )
 
@@ -138,6 +140,19 @@ def test_verifier_settings_and_mismatches_fail_clearly(tmp_path):
     (tmp_path / "v.txt").write_text("x")
     with pytest.raises(ValueError, match="a verifier is an exported clip .onnx"):
         open_clip_scorer(tmp_path / "v.txt", RATE)
+
+
+def test_validated_names_the_four_from_the_first_folder_that_holds_them_all(tmp_path):
+    partial, full = tmp_path / "partial", tmp_path / "full"
+    partial.mkdir()
+    full.mkdir()
+    for name in VALIDATED_VERIFIERS:
+        (full / name).write_bytes(b"")
+    (partial / VALIDATED_VERIFIERS[0]).write_bytes(b"")
+    assert validated_verifiers([partial, full]).split(",") == [
+        str(full / name) for name in VALIDATED_VERIFIERS]
+    with pytest.raises(FileNotFoundError, match=f"--verifier validated: .* not all in {partial}"):
+        validated_verifiers([partial])
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--model", type=Path, default=None,
                         help="an exported .onnx (its .json sidecar beside it) or a .pt "
-                        "checkpoint (default: the first export/*mfcc*s4*stream*.onnx)")
+                        "checkpoint (default: export/s4_mfcc_ctx_stream.onnx, else the first "
+                        "streaming MFCC S4 export there)")
     parser.add_argument("--threshold", type=float, default=None, help=THRESHOLD_HELP)
     parser.add_argument("--keyword-threshold", action="append", default=[], metavar="WORD=T",
                         help="a threshold for one keyword, e.g. --keyword-threshold yes=0.9")

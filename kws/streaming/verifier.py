@@ -51,6 +51,25 @@ DEFAULT_CANDIDATE_THRESHOLD = 0.5
 #: validation stream (RESULTS.md, "Four verifiers averaged"); none is the detector (seed 3)
 VALIDATED_VERIFIERS = ("s4_mfcc_wide_clip.onnx", "s4_mfcc_ctx_s0_clip.onnx",
                        "s4_mfcc_ctx_s1_clip.onnx", "s4_mfcc_ctx_s2_clip.onnx")
+#: what ``--verifier`` takes for those four, found like the demos' default model
+VALIDATED = "validated"
+
+
+def validated_verifiers(folders: Sequence[Path] | None = None) -> str:
+    """``VALIDATED_VERIFIERS`` as one comma-separated model list, from the first folder that
+    holds all four (default: ./export, then the export/ folder of the checkout kws runs from).
+    """
+    if folders is None:
+        here = Path(__file__).resolve().parents[2] / "export"
+        folders = list(dict.fromkeys([Path("export").resolve(), here]))
+    for folder in folders:
+        paths = [Path(folder) / name for name in VALIDATED_VERIFIERS]
+        if all(path.is_file() for path in paths):
+            return ",".join(str(path) for path in paths)
+    looked = ", ".join(str(folder) for folder in folders)
+    raise FileNotFoundError(f"--verifier {VALIDATED}: {', '.join(VALIDATED_VERIFIERS)} are not "
+                            f"all in {looked}; export them with `kws export models/NAME.pt --out "
+                            "export/NAME_clip.onnx` or name the verifiers")
 
 
 def clip_window(audio: np.ndarray, end: int, size: int) -> np.ndarray:
