@@ -26,6 +26,18 @@ def _need(sub: str) -> Path:
     return path
 
 
+#: the fixtures that read the real clips; a test that uses one is marked ``data``
+DATA_FIXTURES = {"dev_root", "v001_root"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs the real clips, directly or through a fixture, so that
+    ``-m data`` and ``-m "not data"`` select by what a test reads, not by hand-kept marks."""
+    for item in items:
+        if DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.data)
+
+
 @pytest.fixture(scope="session")
 def dev_root() -> Path:
     """The 12-class v0.02 test-set layout (3,619 real clips)."""

@@ -359,7 +359,8 @@ def test_find_data_root_explains_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="words of task sc35"):
         find_data_root(tmp_path / "more", task="sc35")
     # A data folder named explicitly is returned as it is: SpeechCommands says what it lacks.
-    assert find_data_root(tmp_path / "more" / "speech_commands_v0.01", task="sc35").is_dir()
+    named = tmp_path / "more" / "speech_commands_v0.01"
+    assert find_data_root(named, task="sc35").resolve() == named.resolve()
 
 
 # -- manifest --------------------------------------------------------------------------------
@@ -449,11 +450,14 @@ def test_bad_files_raise_naming_the_file(tmp_path):
     root = make_full(tmp_path / "sc", words=SC10, speakers=speaker_ids(2), noise=0)
     bad = _bad_files(root)
     clips = SpeechCommands(root, "sc10").clips()
+    checked = set()
     for clip in clips:
         if clip.path.name in bad:
             with pytest.raises(AudioError, match=bad[clip.path.name]) as err:
                 ClipDataset([clip])[0]
             assert clip.path.name in str(err.value)
+            checked.add(clip.path.name)
+    assert checked == set(bad)  # every bad file was listed and tried
 
 
 def test_bad_files_skipped_by_substitution_and_by_validation(tmp_path):

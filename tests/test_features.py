@@ -167,7 +167,9 @@ def test_mfcc_matches_librosa_on_synthetic_audio(rate):
 
 
 def test_mfcc_matches_librosa_on_real_speech(dev_root):
-    for path in sorted((dev_root / "yes").glob("*.wav"))[:3]:
+    paths = sorted((dev_root / "yes").glob("*.wav"))[:3]
+    assert len(paths) == 3, f"{dev_root / 'yes'}: fewer than 3 WAV clips"
+    for path in paths:
         assert_librosa_parity(load_audio(path), MFCC)
 
 

@@ -330,4 +330,4 @@ def test_spoken_keywords_through_the_callback_with_the_shipped_model(dev_root):
     assert result.dropped == 0
     offline = make().process(soxr.resample(audio, 44100, 16000, "HQ"))
     heard = [(e.keyword, round(e.end_s, 2)) for e in result.events]
-    assert heard and heard == [(e.keyword, round(e.end_s, 2)) for e in offline][: len(heard)]
+    assert len(heard) >= 2 and heard == [(e.keyword, round(e.end_s, 2)) for e in offline]

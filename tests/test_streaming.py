@@ -884,10 +884,13 @@ def test_kws_bench_stream_sweeps_thresholds(tiny, dev_root, tmp_path, capsys):
     out = tmp_path / "bench.json"
     code, stdout, err = run_cli(
         ["bench", "stream", "--model", str(onnx_path), "--data", str(dev_root), "--minutes", "0.5",
-         "--seed", "3", "--thresholds", "0.3,0.6,0.9", "--json", str(out)], capsys)
+         "--seed", "3", "--thresholds", "0.2,0.3,0.6,0.9", "--json", str(out)], capsys)
     assert code == 0, err
     report = json.loads(out.read_text())
-    assert [r["threshold"] for r in report["results"]] == [0.3, 0.6, 0.9]
+    assert [r["threshold"] for r in report["results"]] == [0.2, 0.3, 0.6, 0.9]
+    # the untrained model's posteriors sit near 0.17-0.27: 0.2 fires, so the counts below
+    # are checked on events, not only on zeros
+    assert report["results"][0]["hits"] + report["results"][0]["false_alarms"] > 0
     assert report["stream"]["duration_s"] == 30.0 and report["stream"]["keywords"] > 0
     assert 0 < report["real_time_factor"] < 5
     hours = 30.0 / 3600
