@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from kws.streaming.backends import NON_KEYWORDS, StepBackend
+from kws.streaming.backends import NON_KEYWORDS, StepBackend, export_folders
 from kws.streaming.engine import Event, StreamingDetector
 
-REPO = Path(__file__).resolve().parents[2]
 #: the level meter's floor; anything quieter (digital silence included) reads as this
 FLOOR_DBFS = -100.0
 #: the demos' model when it is there: MFCC S4 trained with preceding context, 20-ms steps
@@ -42,7 +41,7 @@ def default_model(folders: list[Path] | None = None) -> Path:
     then the export/ folder of the checkout kws runs from; each is searched in turn.
     """
     if folders is None:
-        folders = list(dict.fromkeys([Path("export").resolve(), REPO / "export"]))
+        folders = export_folders()
     for folder in folders:
         if (folder / DEFAULT_MODEL_FILE).is_file():
             return folder / DEFAULT_MODEL_FILE

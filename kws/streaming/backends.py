@@ -105,6 +105,13 @@ class StepBackend:
         )
 
 
+def export_folders() -> list[Path]:
+    """Where shipped exports are looked for by name: ./export, then the export/ folder of
+    the checkout kws runs from (the same folder when kws runs from its checkout)."""
+    here = Path(__file__).resolve().parents[2] / "export"
+    return list(dict.fromkeys([Path("export").resolve(), here]))
+
+
 def sidecar_path(onnx_path: str | Path) -> Path:
     """``NAME.json`` beside ``NAME.onnx``: where ``kws export`` writes the model's description."""
     return Path(onnx_path).with_suffix(".json")

@@ -36,7 +36,13 @@ from typing import Any
 
 import numpy as np
 
-from kws.streaming.backends import NON_KEYWORDS, sidecar_path, softmax, split_models
+from kws.streaming.backends import (
+    NON_KEYWORDS,
+    export_folders,
+    sidecar_path,
+    softmax,
+    split_models,
+)
 from kws.streaming.engine import Event
 from kws.streaming.longstream import Placement, score_events
 
@@ -60,8 +66,7 @@ def validated_verifiers(folders: Sequence[Path] | None = None) -> str:
     holds all four (default: ./export, then the export/ folder of the checkout kws runs from).
     """
     if folders is None:
-        here = Path(__file__).resolve().parents[2] / "export"
-        folders = list(dict.fromkeys([Path("export").resolve(), here]))
+        folders = export_folders()
     for folder in folders:
         paths = [Path(folder) / name for name in VALIDATED_VERIFIERS]
         if all(path.is_file() for path in paths):
