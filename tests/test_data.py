@@ -519,7 +519,6 @@ def test_stats_cli_json_and_table(tmp_path, capsys):
 # -- the real clips --------------------------------------------------------------------------
 
 
-@pytest.mark.data
 def test_real_test_set_sc12_stats(dev_root, capsys):
     assert main(["data", "stats", "--root", str(dev_root), "--task", "sc12", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -534,7 +533,6 @@ def test_real_test_set_sc12_stats(dev_root, capsys):
     assert report["speakers"]["train"] > 100 and min(report["speakers"].values()) >= 10
 
 
-@pytest.mark.data
 def test_real_v001_sample_sc30(v001_root, capsys):
     assert main(["data", "stats", "--root", str(v001_root), "--task", "sc30", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -551,7 +549,6 @@ def test_real_v001_sample_sc30(v001_root, capsys):
     assert all(dataset[i][0].shape == (RATE,) for i in range(len(dataset)))
 
 
-@pytest.mark.data
 def test_which_set_reproduces_the_official_lists(v001_root):
     for name, split in (("validation_list.txt", "val"), ("testing_list.txt", "test")):
         entries = (v001_root / name).read_text().split()
@@ -561,7 +558,6 @@ def test_which_set_reproduces_the_official_lists(v001_root):
     assert all(c.split == which_set(c.speaker) for c in data.clips())
 
 
-@pytest.mark.data
 def test_real_v001_sample_other_tasks(v001_root):
     with pytest.raises(ValueError, match="sc35 needs backward"):
         SpeechCommands(v001_root, "sc35")
@@ -572,7 +568,6 @@ def test_real_v001_sample_other_tasks(v001_root):
         assert counts[split][UNKNOWN] == counts[split][SILENCE] == mean_keyword
 
 
-@pytest.mark.data
 def test_real_v001_sample_as_extra_training_data(dev_root, v001_root):
     """The v0.01 sample's words for the dev set's training: only one clip is of a speaker
     that the dev split holds out."""

@@ -650,7 +650,6 @@ def test_model_card_lists_the_models_streaming_exports_and_their_measurements(tm
 # -- real data -----------------------------------------------------------------------------
 
 
-@pytest.mark.data
 def test_kws_eval_on_real_test_set_clips(dev_root, tmp_path, capsys):
     """A few real clips from every class at 8 and 48 kHz: the pipeline, not the model."""
     from kws.data.speech_commands import SpeechCommands

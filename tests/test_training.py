@@ -268,7 +268,6 @@ def test_warmup_then_cosine_to_zero():
     assert all(factor(s) >= factor(s + 1) for s in range(4, 24))
 
 
-@pytest.mark.data
 def test_datamodule_on_the_real_test_set(dev_root):
     config = load_config("tiny_mfcc", [f"data.root={dev_root}", "data.num_workers=0",
                                        "data.batch_size=8"])

@@ -63,7 +63,7 @@ VALIDATED = "validated"
 
 def validated_verifiers(folders: Sequence[Path] | None = None) -> str:
     """``VALIDATED_VERIFIERS`` as one comma-separated model list, from the first folder that
-    holds all four (default: ./export, then the export/ folder of the checkout kws runs from).
+    holds all four (default: ``export_folders()``).
     """
     if folders is None:
         folders = export_folders()
